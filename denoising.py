@@ -264,8 +264,9 @@ class DivergedError(Exception):
 def previous_state(paths: dict[str, Path], settings: dict, args: argparse.Namespace) -> dict | None:
     """The checkpoint to resume from, after refusing to silently overwrite another run."""
     existing = [p for p in paths.values() if p.exists()]
-    if args.overwrite:
-        paths["state"].unlink(missing_ok=True)
+    if args.overwrite:  # all of them, so no file of the old run survives beside the new one
+        for path in existing:
+            path.unlink()
         return None
     if not args.resume:
         if existing:
@@ -316,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except DivergedError as err:
+    except (DivergedError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

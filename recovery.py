@@ -232,8 +232,8 @@ def fit(
     final_state = snapshot(done) if diverged_at is None else {}
     if checkpoint is not None and final_state:
         checkpoint(final_state)
-    if last_x is None:  # diverged before anything finite was logged in this call
-        raise FloatingPointError(f"the loss is not finite at iteration {j}")
+    if last_x is None:  # diverged before this call logged anything finite
+        raise FloatingPointError(f"the loss became NaN or infinite by iteration {j}")
     return FitResult(
         history=history,
         image=last_x[0].cpu().numpy(),
