@@ -31,6 +31,7 @@ from utils.images import (
     resolve_image,
 )
 from utils.io import save_csv, save_json, save_npz, save_png, save_torch
+from utils.metrics import psnr
 from utils.noise import salt_and_pepper
 
 SCALES = 5  # of the skip net: sides are cropped (or padded) to multiples of 2**SCALES
@@ -174,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         "width": args.width, "seed": args.seed, "crop": args.crop, "pad": args.pad,
         "image_shape": list(image.shape), "num_iter": args.num_iter,
         "show_every": args.show_every, "save_every": args.save_every,
-        "reg_noise_std": 1.0 / 30.0,
+        "reg_noise_std": FitConfig.reg_noise_std,
     }  # fmt: skip
 
     paths = output_paths(args.out_dir, args.ckpt)
@@ -192,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         torch.backends.cudnn.benchmark = True
     y = torch.from_numpy(noise.noisy)[None].to(device)
     clean = torch.from_numpy(image)[None].to(device)
-    noisy_psnr = float(psnr_np(noise.noisy, image))
+    noisy_psnr = psnr(y, clean).item()
     n_params = sum(p.numel() for p in model.net.parameters())
     print(
         f"{args.ckpt}: {method.name} ({loss}) on {loaded.source} "
@@ -292,11 +293,6 @@ def previous_state(paths: dict[str, Path], settings: dict, args: argparse.Namesp
     if state["iteration"] > args.num_iter:
         raise InputError(f"--resume: the run is already at iteration {state['iteration']}")
     return state
-
-
-def psnr_np(x: np.ndarray, ref: np.ndarray) -> float:
-    mse = float(np.mean((x.astype(np.float64) - ref) ** 2))
-    return 10 * math.log10(1.0 / mse) if mse > 0 else math.inf
 
 
 def versions() -> dict[str, str]:
