@@ -1,0 +1,136 @@
+"""The experiment sets of the paper's figures, as data: which runs each figure needs.
+
+A run is one call of denoising.py: a set of its arguments and a checkpoint name. Each figure is a
+list of cases (image, noise level) and the methods run on each; the figures share runs (F16 at 50%
+is in Figures 3, 4 and 5), and a run's name depends only on its settings, so a shared run is run
+once. A profile (full or quick) fixes the crop, the width scale and the iteration count: the same
+figure at two profiles gives two disjoint sets of runs, kept in two output folders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FULL_ITERS = 150_000  # the public code's default
+README_ITERS = 200_000  # the public README curve runs to 200k iterations
+PAPER_IMAGES = ("F16", "Peppers", "Baboon", "kodim03")
+LEVELS = (0.1, 0.3, 0.5, 0.7)
+METHODS = ("dop", "dip", "dip-l1")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How big the runs are. ``full`` is the paper's setting; ``quick`` fits a 2-core CPU."""
+
+    name: str
+    crop: int | None  # centre crop side, None for the whole image
+    width_scale: float  # multiplies the paper's width (128 -> 16 at 1/8)
+    iter_scale: float  # multiplies the paper's iteration count
+    show_every: int
+    save_every: int
+
+    def width(self, paper_width: int) -> int:
+        return max(1, round(paper_width * self.width_scale))
+
+    def num_iter(self, paper_iters: int) -> int:
+        return max(1, round(paper_iters * self.iter_scale))
+
+
+PROFILES = {
+    "full": Profile("full", None, width_scale=1.0, iter_scale=1.0, show_every=500, save_every=5000),
+    # F16 64x64 at width 16 runs at about 100 it/s on one CPU thread: 3000 iterations ~ 30-40 s.
+    "quick": Profile("quick", 64, 1 / 8, 3000 / FULL_ITERS, show_every=100, save_every=500),
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One denoising.py run at the paper's scale; ``args`` applies a profile to it."""
+
+    image: str
+    nlevel: float
+    method: str
+    width: int = 128  # the paper's width, before the profile's scale
+    num_iter: int = FULL_ITERS  # the paper's iterations, before the profile's scale
+    seed: int = 0  # the same seed = the same noise realization for every method
+
+    def ckpt(self, profile: Profile) -> str:
+        return (
+            f"{self.image}_p{round(self.nlevel * 100):02d}_{self.method}"
+            f"_w{profile.width(self.width)}_s{self.seed}"
+        )
+
+    def args(self, profile: Profile) -> list[str]:
+        """The denoising.py arguments of this run (without --out_dir, --data_dir, --device)."""
+        argv = [
+            "--image", self.image, "--nlevel", str(self.nlevel), "--method", self.method,
+            "--width", str(profile.width(self.width)),
+            "--num_iter", str(profile.num_iter(self.num_iter)), "--seed", str(self.seed),
+            "--show_every", str(profile.show_every), "--save_every", str(profile.save_every),
+            "--ckpt", self.ckpt(profile), "--quiet",
+        ]  # fmt: skip
+        if profile.crop is not None:
+            argv += ["--crop", str(profile.crop)]
+        return argv
+
+
+@dataclass(frozen=True)
+class Case:
+    """One panel of a figure: an image at a noise level."""
+
+    image: str
+    nlevel: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.image}, {round(self.nlevel * 100)}%"
+
+    def run(self, method: str, width: int = 128, num_iter: int = FULL_ITERS) -> Run:
+        return Run(self.image, self.nlevel, method, width, num_iter)
+
+
+FIG3_CASES = tuple(Case(image, 0.5) for image in PAPER_IMAGES)
+FIG4_CASES = tuple(Case("F16", level) for level in LEVELS)
+# The README curve set: F16 at 50%, DOP at width 192 against DIP-L1 at widths 192 and 64.
+README_RUNS = (
+    Run("F16", 0.5, "dop", width=192, num_iter=README_ITERS),
+    Run("F16", 0.5, "dip-l1", width=192, num_iter=README_ITERS),
+    Run("F16", 0.5, "dip-l1", width=64, num_iter=README_ITERS),
+)
+
+
+def grid_runs(cases: tuple[Case, ...]) -> list[Run]:
+    """Figures 3 and 4 show the noisy input, DIP-L1, DOP and the clean image of every case."""
+    return [case.run(m) for case in cases for m in ("dip-l1", "dop")]
+
+
+def curve_runs(cases: tuple[Case, ...]) -> list[Run]:
+    """Figure 5 compares the learning curves of DOP, DIP and DIP-L1 on the same noise."""
+    return [case.run(m) for case in cases for m in METHODS]
+
+
+FIGURE_NAMES = ("fig3", "fig4", "fig5", "readme")
+DEFAULT_CASES = {"fig3": FIG3_CASES, "fig4": FIG4_CASES}
+
+
+def check_names(names: list[str]) -> list[str]:
+    """The figure names, with "all" expanded; KeyError on an unknown name."""
+    for name in names:
+        if name != "all" and name not in FIGURE_NAMES:
+            raise KeyError(f"unknown figure {name!r}; choose from all, {', '.join(FIGURE_NAMES)}")
+    return list(FIGURE_NAMES) if "all" in names else list(dict.fromkeys(names))
+
+
+def figure_runs(names: list[str], cases: dict[str, tuple[Case, ...]] | None = None) -> list[Run]:
+    """The distinct runs of the named figures ("all" = every figure), in a stable order.
+
+    ``cases`` replaces the cases of Figures 3 and 4 (and so of Figure 5); tests shrink them.
+    """
+    cases = cases or DEFAULT_CASES
+    sets = {
+        "fig3": grid_runs(cases["fig3"]),
+        "fig4": grid_runs(cases["fig4"]),
+        "fig5": curve_runs(cases["fig3"]) + curve_runs(cases["fig4"]),
+        "readme": list(README_RUNS),
+    }
+    return list(dict.fromkeys(run for name in check_names(names) for run in sets[name]))

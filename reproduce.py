@@ -1,0 +1,175 @@
+"""Reproduce the paper's figures: run what is missing, then draw the figures and the table.
+
+    python reproduce.py fig3                      # Figure 3 at the paper's scale (GPU, hours)
+    python reproduce.py --quick all               # every figure, small crops (2-core CPU, minutes)
+    python reproduce.py fig5 --jobs 4 --gpu 0,1   # 4 runs at a time over two GPUs
+
+The runs are listed in experiments.py. A finished run is reused, a killed run is resumed from its
+last checkpoint (denoising.py --resume), a run with no checkpoint is started afresh. Outputs go to
+--out_dir (checkpoints/full or checkpoints/quick), figures to figs/, tables to docs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import denoising
+import plot
+from experiments import FIGURE_NAMES, PROFILES, Case, Profile, Run, check_names, figure_runs
+
+ROOT = Path(__file__).resolve().parent
+
+
+def run_state(run: Run, profile: Profile, out_dir: Path) -> str:
+    """What to do with a run: "reuse" (finished or diverged), "resume", or "start"."""
+    ckpt = run.ckpt(profile)
+    config_path = out_dir / f"{ckpt}_config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        done = config["status"] == "finished" and config["iterations_done"] == config["num_iter"]
+        wanted = config["num_iter"] == profile.num_iter(run.num_iter)
+        if config["status"] == "diverged" or (done and wanted):
+            return "reuse"
+    return "resume" if (out_dir / f"{ckpt}_state.pt").is_file() else "start"
+
+
+def run_argv(
+    run: Run, profile: Profile, action: str, out_dir: Path, data_dir: Path, device: str, gpu: str
+) -> list[str]:
+    """The denoising.py arguments for ``run``; a start over leftovers of a killed run overwrites."""
+    argv = run.args(profile) + ["--out_dir", str(out_dir.resolve())]
+    argv += ["--data_dir", str(data_dir.resolve())]  # absolute: subprocesses run in ROOT
+    argv += ["--device", device, "--gpu", gpu]
+    if action == "resume":
+        argv.append("--resume")
+    elif list(out_dir.glob(f"{run.ckpt(profile)}_*")):  # killed before its first checkpoint
+        argv.append("--overwrite")
+    return argv
+
+
+def launch(argv: list[str], log: Path, threads: int) -> int:
+    """Run denoising.py in a subprocess, its output to ``log``; returns its exit code."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(threads))
+    with log.open("w") as f:
+        cmd = [sys.executable, str(ROOT / "denoising.py"), *argv]
+        return subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+
+
+def run_all(
+    runs: list[Run],
+    profile: Profile,
+    out_dir: Path,
+    data_dir: Path,
+    device: str = "auto",
+    jobs: int = 1,
+    gpus: tuple[str, ...] = ("0",),
+) -> dict[str, list[str]]:
+    """Run the missing runs (in-process when jobs = 1, else ``jobs`` subprocesses at a time).
+
+    Returns the checkpoint names by outcome: reused, resumed, started, failed.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outcome: dict[str, list[str]] = {"reused": [], "resumed": [], "started": [], "failed": []}
+    todo = []
+    for run in runs:
+        action = run_state(run, profile, out_dir)
+        if action == "reuse":
+            outcome["reused"].append(run.ckpt(profile))
+        else:
+            todo.append((run, action))
+    threads = max(1, (os.cpu_count() or 1) // jobs)  # per subprocess, unless OMP_NUM_THREADS
+
+    def one(index: int) -> None:
+        run, action = todo[index]
+        gpu = gpus[index % len(gpus)]
+        argv = run_argv(run, profile, action, out_dir, data_dir, device, gpu)
+        ckpt = run.ckpt(profile)
+        print(f"[{index + 1}/{len(todo)}] {action} {ckpt}", flush=True)
+        log = out_dir / f"{ckpt}.log"
+        code = denoising.main(argv) if jobs == 1 else launch(argv, log, threads)
+        key = "failed" if code != 0 else ("resumed" if action == "resume" else "started")
+        outcome[key].append(ckpt)
+
+    if jobs == 1:
+        for index in range(len(todo)):
+            one(index)
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(one, range(len(todo))))
+    return outcome
+
+
+def reproduce(
+    names: list[str],
+    profile: Profile,
+    out_dir: Path,
+    data_dir: Path,
+    figs_dir: Path = Path("figs"),
+    table_dir: Path = Path("docs"),
+    device: str = "auto",
+    jobs: int = 1,
+    gpus: tuple[str, ...] = ("0",),
+    cases: dict[str, tuple[Case, ...]] | None = None,
+) -> tuple[dict[str, list[str]], list[Path]]:
+    """Run the runs of the named figures that are missing, then draw them and write the table.
+
+    ``profile`` and ``cases`` may be shrunk (tests do); returns the outcome and the files written.
+    """
+    runs = figure_runs(names, cases)
+    outcome = run_all(runs, profile, out_dir, data_dir, device, jobs, gpus)
+    files = plot.draw(names, profile, out_dir, figs_dir, table_dir, cases)
+    return outcome, files
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("figures", nargs="+", help=f"all, {', '.join(FIGURE_NAMES)}")
+    p.add_argument("--quick", action="store_true", help="the quick profile (64x64 crops, width/8)")
+    p.add_argument("--out_dir", type=Path, default=None, help="default: checkpoints/PROFILE")
+    p.add_argument("--data_dir", type=Path, default=denoising.DEFAULT_DATA_DIR)
+    p.add_argument("--figs_dir", type=Path, default=ROOT / "figs")
+    p.add_argument("--table_dir", type=Path, default=ROOT / "docs")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (subprocesses when > 1)")
+    p.add_argument("--gpu", default="0", help="GPU indices to spread runs over, e.g. 0,1")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        check_names(args.figures)
+    except KeyError as err:
+        print(f"error: {err.args[0]}", file=sys.stderr)
+        return 2
+    gpus = tuple(g.strip() for g in args.gpu.split(","))
+    if args.jobs < 1 or not all(g.isdigit() for g in gpus):
+        print("error: --jobs must be >= 1 and --gpu a list of indices like 0,1", file=sys.stderr)
+        return 2
+    profile = PROFILES["quick" if args.quick else "full"]
+    out_dir = args.out_dir or ROOT / "checkpoints" / profile.name
+    started = time.time()
+    outcome, files = reproduce(
+        args.figures, profile, out_dir, args.data_dir, args.figs_dir, args.table_dir,
+        args.device, args.jobs, gpus,
+    )  # fmt: skip
+    counts = ", ".join(f"{len(v)} {k}" for k, v in outcome.items())
+    print(f"profile {profile.name}: {counts}; {time.time() - started:.0f} s")
+    for path in files:
+        print(f"wrote {path}")
+    if outcome["failed"]:
+        print(f"error: failed runs: {', '.join(outcome['failed'])}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
