@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -144,7 +144,6 @@ class FitResult:
     seconds: float = 0.0  # wall time of this call's loop
     steps: int = 0  # iterations run by this call
     diverged_at: int | None = None  # first logged iteration whose loss or output was not finite
-    state: dict = field(default_factory=dict, repr=False)  # the final resumable state
 
 
 def make_optimizer(model: DeepPrior, cfg: FitConfig) -> torch.optim.Optimizer:
@@ -229,9 +228,8 @@ def fit(
     bar.close()
     seconds = time.perf_counter() - t0
     done = j if diverged_at is not None else cfg.num_iter
-    final_state = snapshot(done) if diverged_at is None else {}
-    if checkpoint is not None and final_state:
-        checkpoint(final_state)
+    if checkpoint is not None and diverged_at is None:
+        checkpoint(snapshot(done))
     if last_x is None:  # diverged before this call logged anything finite
         raise FloatingPointError(f"the loss became NaN or infinite by iteration {j}")
     return FitResult(
@@ -242,5 +240,4 @@ def fit(
         seconds=seconds,
         steps=done - start,
         diverged_at=diverged_at,
-        state=final_state,
     )
