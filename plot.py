@@ -34,6 +34,7 @@ from experiments import (  # noqa: E402
     check_names,
     figure_runs,
 )
+from utils.io import atomic_write, save_csv  # noqa: E402
 
 STYLES = {"dop": "-", "dip": "--", "dip-l1": ":"}
 LABELS = {"dop": "DOP", "dip": "DIP (L2)", "dip-l1": "DIP-L1"}
@@ -98,10 +99,8 @@ def write_table(rows: list[dict], profile: Profile, csv_path: Path, md_path: Pat
     """results.csv (every field, a profile column) and a Markdown table of the same rows."""
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     md_path.parent.mkdir(parents=True, exist_ok=True)
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["profile", *TABLE_FIELDS], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({"profile": profile.name, **row} for row in rows)
+    fields = ["profile", *TABLE_FIELDS]
+    save_csv(csv_path, fields, ([{"profile": profile.name, **r}[k] for k in fields] for r in rows))
     head = ["run", "method", "last PSNR", "last SSIM", "peak PSNR (oracle) @ iter",
             "drop peak→last", "noisy PSNR", "wall time (s)", "device"]  # fmt: skip
     lines = [
@@ -123,7 +122,7 @@ def write_table(rows: list[dict], profile: Profile, csv_path: Path, md_path: Pat
             f"| {r['drop_peak_to_last']:.2f} | {r['noisy_psnr']:.2f} | {r['wall_time_s']:.0f} "
             f"| {r['device']} |"
         )
-    md_path.write_text("\n".join(lines) + "\n")
+    atomic_write(md_path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
 
 
 def plot_grid(
@@ -188,7 +187,7 @@ def plot_curves(
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
 
 

@@ -12,7 +12,6 @@ last checkpoint (denoising.py --resume), a run with no checkpoint is started afr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -30,9 +29,8 @@ ROOT = Path(__file__).resolve().parent
 def run_state(run: Run, profile: Profile, out_dir: Path) -> str:
     """What to do with a run: "reuse" (finished or diverged), "resume", or "start"."""
     ckpt = run.ckpt(profile)
-    config_path = out_dir / f"{ckpt}_config.json"
-    if config_path.is_file():
-        config = json.loads(config_path.read_text())
+    config = plot.read_config(out_dir, ckpt)
+    if config is not None:
         done = config["status"] == "finished" and config["iterations_done"] == config["num_iter"]
         wanted = config["num_iter"] == profile.num_iter(run.num_iter)
         if config["status"] == "diverged" or (done and wanted):
