@@ -15,13 +15,25 @@ import platform
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from models import min_input_size
-from recovery import METHODS, FitConfig, build_model, fit, lr_c_for_size
+from recovery import (
+    METHODS,
+    DeepPrior,
+    FitConfig,
+    FitResult,
+    Speed,
+    build_model,
+    fit,
+    fit_batch,
+    lr_c_for_size,
+    stack_models,
+)
 from utils import InputError
 from utils.images import (
     DEFAULT_DATA_DIR,
@@ -84,6 +96,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a("--resume", action="store_true", help="continue the run CKPT from its last checkpoint")
     a("--overwrite", action="store_true", help="replace the outputs of an earlier run CKPT")
     a("--quiet", action="store_true", help="no progress bar")
+    a(
+        "--fast",
+        action="store_true",  # fmt: skip
+        help="the fast path: on a GPU channels-last, bf16 autocast of the net, fused SGD and "
+        "torch.compile; on a CPU bf16 autocast where the CPU has bf16 and foreach SGD "
+        "(default: fp32 eager, the public code's recipe)",
+    )
     return p.parse_args(argv)
 
 
@@ -158,7 +177,36 @@ def output_paths(out_dir: Path, ckpt: str) -> dict[str, Path]:
     return {n.split(".")[0]: out_dir / f"{ckpt}_{n}" for n in names}
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass
+class Job:
+    """One run, ready for the loop: its settings, outputs, model and data."""
+
+    args: argparse.Namespace
+    settings: dict
+    paths: dict[str, Path]
+    state: dict | None
+    model: DeepPrior
+    y: torch.Tensor
+    clean: torch.Tensor
+    cfg: FitConfig
+    device_name: str
+    noisy_psnr: float
+    started: float
+
+    def batch_key(self) -> tuple:
+        """Runs with equal keys can share one batched loop (fit_batch)."""
+        start = 0 if self.state is None else self.state["iteration"]
+        return (self.y.device, tuple(self.y.shape), tuple(self.model.z.shape), self.model.sparse,
+                self.settings["width"], self.cfg, start)  # fmt: skip
+
+    def checkpoint(self, state: dict | None) -> None:
+        if state is not None:  # None: the run diverged, its last good checkpoint is kept
+            save_torch(self.paths["state"], {"settings": self.settings, **state})
+
+
+def prepare(args: argparse.Namespace) -> Job | None:
+    """Check the arguments, load and corrupt the image, build the model and write the inputs
+    (noisy, clean, noise); None when the run has already finished."""
     started = time.time()
     check_args(args)
     device, device_name = pick_device(args)
@@ -175,14 +223,14 @@ def run(args: argparse.Namespace) -> int:
         "width": args.width, "seed": args.seed, "crop": args.crop, "pad": args.pad,
         "image_shape": list(image.shape), "num_iter": args.num_iter,
         "show_every": args.show_every, "save_every": args.save_every,
-        "reg_noise_std": FitConfig.reg_noise_std,
+        "reg_noise_std": FitConfig.reg_noise_std, "fast": args.fast,
     }  # fmt: skip
 
     paths = output_paths(args.out_dir, args.ckpt)
     state = previous_state(paths, settings, args)
     if state is not None and state["iteration"] == args.num_iter:
         print(f"{args.ckpt}: already finished at iteration {args.num_iter}; outputs are kept")
-        return 0
+        return None
 
     noise = salt_and_pepper(image, args.nlevel, args.seed)
     model = build_model(
@@ -200,7 +248,8 @@ def run(args: argparse.Namespace) -> int:
         f"{image.shape[1]}x{image.shape[2]}, "
         f"nlevel {args.nlevel} (noisy PSNR {noisy_psnr:.2f} dB), width {args.width} "
         f"({n_params / 1e6:.2f}M parameters), {args.alg} lr {args.lr}"
-        + (f" lr_c {lr_c:.4g}" if method.sparse else ""),
+        + (f" lr_c {lr_c:.4g}" if method.sparse else "")
+        + (", --fast" if args.fast else ""),
         flush=True,
     )
 
@@ -211,13 +260,19 @@ def run(args: argparse.Namespace) -> int:
     cfg = FitConfig(
         loss=loss, num_iter=args.num_iter, lr=args.lr, lr_c=lr_c, alg=args.alg,
         show_every=args.show_every, save_every=args.save_every,
+        speed=Speed.fast(device) if args.fast else Speed(),
     )  # fmt: skip
-    result = fit(
-        model, y, clean, cfg, seed=args.seed, state=state,
-        checkpoint=lambda s: save_torch(paths["state"], {"settings": settings, **s}),
-        progress=not args.quiet,
-    )  # fmt: skip
+    return Job(args, settings, paths, state, model, y, clean, cfg, device_name, noisy_psnr, started)
 
+
+def finish(job: Job, result: FitResult, batch_size: int = 1) -> None:
+    """Write the recovered image, the history and the report of a run that has left the loop."""
+    args, paths = job.args, job.paths
+    if result.image is None:  # in a batch: diverged before its first finite row
+        raise DivergedError(
+            f"{args.ckpt}: the loss became NaN or infinite by iteration {result.diverged_at}, "
+            "before any finite row; lower --lr/--lr_c"
+        )
     save_png(paths["last"], result.image)
     if result.sparse is not None:  # shown with gray = 0, white = +1 (salt), black = -1 (pepper)
         save_png(paths["sparse"], 0.5 + 0.5 * result.sparse)
@@ -225,16 +280,17 @@ def run(args: argparse.Namespace) -> int:
     best = max(result.history, key=lambda row: row[2])
     last = result.history[-1]
     report = {
-        **settings,
+        **job.settings,
         "status": "finished" if result.diverged_at is None else "diverged",
         "iterations_done": result.iterations,
         "diverged_at": result.diverged_at,
-        "device": device_name,
-        "parameters": n_params,
+        "device": job.device_name,
+        "parameters": sum(p.numel() for p in job.model.net.parameters()) // batch_size,
+        "batch_size": batch_size,  # runs that shared the loop (and so the time) with this one
         "versions": versions(),
-        "wall_time_s": round(time.time() - started, 2),
+        "wall_time_s": round(time.time() - job.started, 2),
         "iterations_per_s": round(result.steps / result.seconds, 3) if result.seconds else None,
-        "noisy_psnr": noisy_psnr,
+        "noisy_psnr": job.noisy_psnr,
         "final_iteration": last[0],
         "final_psnr": last[2],
         "final_loss": last[1],
@@ -247,15 +303,68 @@ def run(args: argparse.Namespace) -> int:
     save_json(paths["config"], report)
     if result.diverged_at is not None:
         raise DivergedError(
-            f"the loss became NaN or infinite by iteration {result.diverged_at} (finite at "
-            f"iteration {last[0]}, whose outputs are kept in {args.out_dir}); lower --lr/--lr_c"
+            f"{args.ckpt}: the loss became NaN or infinite by iteration {result.diverged_at} "
+            f"(finite at iteration {last[0]}, whose outputs are kept in {args.out_dir}); "
+            "lower --lr/--lr_c"
         )
     print(
         f"{args.ckpt}: last iterate PSNR {last[2]:.2f} dB at iteration {last[0]} "
-        f"(oracle best {best[2]:.2f} dB at {best[0]}), {report['iterations_per_s']} it/s, "
-        f"outputs in {args.out_dir}/{args.ckpt}_*"
+        f"(oracle best {best[2]:.2f} dB at {best[0]}), {report['iterations_per_s']} it/s"
+        + (f" for a batch of {batch_size}" if batch_size > 1 else "")
+        + f", outputs in {args.out_dir}/{args.ckpt}_*"
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    job = prepare(args)
+    if job is None:
+        return 0
+    result = fit(
+        job.model, job.y, job.clean, job.cfg, seed=args.seed, state=job.state,
+        checkpoint=job.checkpoint, progress=not args.quiet,
+    )  # fmt: skip
+    finish(job, result)
     return 0
+
+
+def run_batch(argvs: list[list[str]], max_batch: int, progress: bool = False) -> list[int]:
+    """Run several denoising.py command lines in this process, those that can share a loop
+    (same image shape, method, width, loop settings, device and start iteration) batched, at
+    most ``max_batch`` at a time. Returns each command line's exit code, as ``main`` would."""
+    codes = [0] * len(argvs)
+    groups: dict[tuple, list[tuple[int, Job]]] = {}
+    for i, argv in enumerate(argvs):
+        args = parse_args(argv)
+        try:
+            job = prepare(args)
+        except InputError as err:
+            print(f"error: {args.ckpt}: {err}", file=sys.stderr)
+            codes[i] = 2
+            continue
+        if job is not None:
+            groups.setdefault(job.batch_key(), []).append((i, job))
+    for group in groups.values():
+        for first in range(0, len(group), max_batch):
+            part = group[first : first + max_batch]
+            jobs = [job for _, job in part]
+            model = jobs[0].model if len(jobs) == 1 else stack_models([j.model for j in jobs])
+            print(f"batch of {len(jobs)}: {', '.join(j.args.ckpt for j in jobs)}", flush=True)
+            results = fit_batch(
+                model, torch.cat([j.y for j in jobs]), torch.cat([j.clean for j in jobs]),
+                jobs[0].cfg, seeds=[j.args.seed for j in jobs],
+                states=None if jobs[0].state is None else [j.state for j in jobs],
+                checkpoint=lambda states, jobs=jobs: [
+                    job.checkpoint(state) for job, state in zip(jobs, states, strict=True)
+                ],
+                progress=progress,
+            )  # fmt: skip
+            for (i, job), result in zip(part, results, strict=True):
+                try:
+                    finish(job, result, batch_size=len(jobs))
+                except DivergedError as err:
+                    print(f"error: {err}", file=sys.stderr)
+                    codes[i] = 1
+    return codes
 
 
 class DivergedError(Exception):

@@ -3,6 +3,7 @@
     python reproduce.py fig3                      # Figure 3 at the paper's scale (GPU, hours)
     python reproduce.py --quick all               # every figure, small crops (2-core CPU, minutes)
     python reproduce.py fig5 --jobs 4 --gpu 0,1   # 4 runs at a time over two GPUs
+    python reproduce.py fig4 --fast --batch 8     # the fast path, up to 8 runs in one loop
 
 The runs are listed in experiments.py. A finished run is reused, a killed run is resumed from its
 last checkpoint (denoising.py --resume), a run with no checkpoint is started afresh. Outputs go to
@@ -39,12 +40,19 @@ def run_state(run: Run, profile: Profile, out_dir: Path) -> str:
 
 
 def run_argv(
-    run: Run, profile: Profile, action: str, out_dir: Path, data_dir: Path, device: str, gpu: str
+    run: Run,
+    profile: Profile,
+    action: str,
+    out_dir: Path,
+    data_dir: Path,
+    device: str,
+    gpu: str,
+    fast: bool = False,
 ) -> list[str]:
     """The denoising.py arguments for ``run``; a start over leftovers of a killed run overwrites."""
     argv = run.args(profile) + ["--out_dir", str(out_dir.resolve())]
     argv += ["--data_dir", str(data_dir.resolve())]  # absolute: subprocesses run in ROOT
-    argv += ["--device", device, "--gpu", gpu]
+    argv += ["--device", device, "--gpu", gpu] + (["--fast"] if fast else [])
     if action == "resume":
         argv.append("--resume")
     elif list(out_dir.glob(f"{run.ckpt(profile)}_*")):  # killed before its first checkpoint
@@ -69,8 +77,12 @@ def run_all(
     device: str = "auto",
     jobs: int = 1,
     gpus: tuple[str, ...] = ("0",),
+    fast: bool = False,
+    batch: int = 1,
 ) -> dict[str, list[str]]:
-    """Run the missing runs (in-process when jobs = 1, else ``jobs`` subprocesses at a time).
+    """Run the missing runs: in this process one by one (jobs = 1), ``jobs`` subprocesses at a
+    time, or (batch > 1) in this process with up to ``batch`` compatible runs sharing one loop
+    (``denoising.run_batch``, on the first of ``gpus``).
 
     Returns the checkpoint names by outcome: reused, resumed, started, failed.
     """
@@ -85,18 +97,24 @@ def run_all(
             todo.append((run, action))
     threads = max(1, (os.cpu_count() or 1) // jobs)  # per subprocess, unless OMP_NUM_THREADS
 
+    def record(run: Run, action: str, code: int) -> None:
+        key = "failed" if code != 0 else ("resumed" if action == "resume" else "started")
+        outcome[key].append(run.ckpt(profile))
+
     def one(index: int) -> None:
         run, action = todo[index]
         gpu = gpus[index % len(gpus)]
-        argv = run_argv(run, profile, action, out_dir, data_dir, device, gpu)
+        argv = run_argv(run, profile, action, out_dir, data_dir, device, gpu, fast)
         ckpt = run.ckpt(profile)
         print(f"[{index + 1}/{len(todo)}] {action} {ckpt}", flush=True)
         log = out_dir / f"{ckpt}.log"
-        code = denoising.main(argv) if jobs == 1 else launch(argv, log, threads)
-        key = "failed" if code != 0 else ("resumed" if action == "resume" else "started")
-        outcome[key].append(ckpt)
+        record(run, action, denoising.main(argv) if jobs == 1 else launch(argv, log, threads))
 
-    if jobs == 1:
+    if batch > 1:
+        argvs = [run_argv(r, profile, a, out_dir, data_dir, device, gpus[0], fast) for r, a in todo]
+        for (run, action), code in zip(todo, denoising.run_batch(argvs, batch), strict=True):
+            record(run, action, code)
+    elif jobs == 1:
         for index in range(len(todo)):
             one(index)
     else:
@@ -116,13 +134,15 @@ def reproduce(
     jobs: int = 1,
     gpus: tuple[str, ...] = ("0",),
     cases: dict[str, tuple[Case, ...]] | None = None,
+    fast: bool = False,
+    batch: int = 1,
 ) -> tuple[dict[str, list[str]], list[Path]]:
     """Run the runs of the named figures that are missing, then draw them and write the table.
 
     ``profile`` and ``cases`` may be shrunk (tests do); returns the outcome and the files written.
     """
     runs = figure_runs(names, cases)
-    outcome = run_all(runs, profile, out_dir, data_dir, device, jobs, gpus)
+    outcome = run_all(runs, profile, out_dir, data_dir, device, jobs, gpus, fast, batch)
     files = plot.draw(names, profile, out_dir, figs_dir, table_dir, cases)
     return outcome, files
 
@@ -138,6 +158,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (subprocesses when > 1)")
     p.add_argument("--gpu", default="0", help="GPU indices to spread runs over, e.g. 0,1")
+    p.add_argument("--fast", action="store_true", help="denoising.py --fast for every run")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="up to N runs of the same shape and method in one loop, in this process (on the "
+        "first --gpu); excludes --jobs",
+    )
     return p.parse_args(argv)
 
 
@@ -149,15 +177,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err.args[0]}", file=sys.stderr)
         return 2
     gpus = tuple(g.strip() for g in args.gpu.split(","))
-    if args.jobs < 1 or not all(g.isdigit() for g in gpus):
-        print("error: --jobs must be >= 1 and --gpu a list of indices like 0,1", file=sys.stderr)
+    if args.jobs < 1 or args.batch < 1 or not all(g.isdigit() for g in gpus):
+        print("error: --jobs and --batch must be >= 1, --gpu indices like 0,1", file=sys.stderr)
+        return 2
+    if args.jobs > 1 and args.batch > 1:
+        print("error: --jobs and --batch exclude each other", file=sys.stderr)
         return 2
     profile = PROFILES["quick" if args.quick else "full"]
     out_dir = args.out_dir or ROOT / "checkpoints" / profile.name
     started = time.time()
     outcome, files = reproduce(
         args.figures, profile, out_dir, args.data_dir, args.figs_dir, args.table_dir,
-        args.device, args.jobs, gpus,
+        args.device, args.jobs, gpus, fast=args.fast, batch=args.batch,
     )  # fmt: skip
     counts = ", ".join(f"{len(v)} {k}" for k, v in outcome.items())
     print(f"profile {profile.name}: {counts}; {time.time() - started:.0f} s")

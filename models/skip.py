@@ -12,6 +12,12 @@ followed by a 1x1 conv to the image channels and a sigmoid. Every 3x3 conv pads 
 downsampling is a stride-2 conv, upsampling is bilinear, the activation is LeakyReLU(0.2), and
 BatchNorm is used in training mode throughout (the statistics of the one image are the batch).
 
+``groups`` = K stacks K independent nets into one: every conv is grouped (K groups), every
+BatchNorm has K times the channels, and channel k·C..(k+1)·C-1 of every layer belongs to net k.
+BatchNorm statistics are per channel, so each net still normalises by the statistics of its own
+image, and a K-group net computes exactly what K separate nets compute (tested); its parameters
+are the K nets' parameters concatenated along dimension 0 (``recovery.stack_states``).
+
 The network maps an H x W input to an H x W output for any H, W >= ``min_input_size(scales)``:
 where a downsampled size is odd, the upsampled branch is one pixel larger than the skip branch
 and is centre-cropped to it before the concat, as in the original code.
@@ -29,12 +35,21 @@ def min_input_size(scales: int) -> int:
     return 2**scales + 1
 
 
-def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(c_in, c_out, kernel, stride, padding=kernel // 2, padding_mode="reflect")
+def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(
+        groups * c_in, groups * c_out, kernel, stride,
+        padding=kernel // 2, padding_mode="reflect", groups=groups,
+    )  # fmt: skip
 
 
-def _conv_bn_act(c_in: int, c_out: int, kernel: int, stride: int = 1) -> list[nn.Module]:
-    return [_conv(c_in, c_out, kernel, stride), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
+def _conv_bn_act(
+    c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1
+) -> list[nn.Module]:
+    return [
+        _conv(c_in, c_out, kernel, stride, groups),
+        nn.BatchNorm2d(groups * c_out),
+        nn.LeakyReLU(0.2),
+    ]
 
 
 def _centre_crop(x: Tensor, h: int, w: int) -> Tensor:
@@ -45,19 +60,22 @@ def _centre_crop(x: Tensor, h: int, w: int) -> Tensor:
 class _Scale(nn.Module):
     """One scale of the U-Net; ``inner`` is the next (coarser) scale, or None at the bottom."""
 
-    def __init__(self, c_in: int, width: int, skip: int, inner: _Scale | None) -> None:
+    def __init__(
+        self, c_in: int, width: int, skip: int, inner: _Scale | None, groups: int = 1
+    ) -> None:
         super().__init__()
-        self.skip = nn.Sequential(*_conv_bn_act(c_in, skip, 1)) if skip else None
+        self.groups = groups
+        self.skip = nn.Sequential(*_conv_bn_act(c_in, skip, 1, 1, groups)) if skip else None
         self.deeper = nn.Sequential(
-            *_conv_bn_act(c_in, width, 3, stride=2),
-            *_conv_bn_act(width, width, 3),
+            *_conv_bn_act(c_in, width, 3, 2, groups),
+            *_conv_bn_act(width, width, 3, 1, groups),
             *([inner] if inner is not None else []),
             nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
         )
         self.merge = nn.Sequential(
-            nn.BatchNorm2d(skip + width),
-            *_conv_bn_act(skip + width, width, 3),
-            *_conv_bn_act(width, width, 1),
+            nn.BatchNorm2d(groups * (skip + width)),
+            *_conv_bn_act(skip + width, width, 3, 1, groups),
+            *_conv_bn_act(width, width, 1, 1, groups),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -65,15 +83,26 @@ class _Scale(nn.Module):
         if self.skip is not None:
             s = self.skip(x)
             h, w = min(s.shape[-2], deep.shape[-2]), min(s.shape[-1], deep.shape[-1])
-            deep = torch.cat([_centre_crop(s, h, w), _centre_crop(deep, h, w)], dim=1)
+            deep = _cat_groups(_centre_crop(s, h, w), _centre_crop(deep, h, w), self.groups)
         return self.merge(deep)
+
+
+def _cat_groups(a: Tensor, b: Tensor, groups: int) -> Tensor:
+    """Concatenate channels group by group: [a_1, b_1, ..., a_K, b_K] for K groups."""
+    if groups == 1:
+        return torch.cat([a, b], dim=1)
+    n, _, h, w = a.shape
+    return torch.cat(
+        [a.reshape(n, groups, -1, h, w), b.reshape(n, groups, -1, h, w)], dim=2
+    ).reshape(n, -1, h, w)
 
 
 class SkipNet(nn.Module):
     """DIP skip net with ``[width] * scales`` channels down and up and ``skip`` skip channels.
 
     Defaults are those of DOP's public code: 32 input channels, 3 output channels, width 128,
-    5 scales, 4 skip channels (about 2.22M parameters).
+    5 scales, 4 skip channels (about 2.22M parameters). ``groups`` = K stacks K such nets: the
+    input and output then have K·in_channels and K·out_channels channels.
     """
 
     def __init__(
@@ -83,16 +112,19 @@ class SkipNet(nn.Module):
         width: int = 128,
         scales: int = 5,
         skip: int = 4,
+        groups: int = 1,
     ) -> None:
         super().__init__()
-        if width < 1 or scales < 1 or skip < 0 or in_channels < 1 or out_channels < 1:
-            raise ValueError(f"bad SkipNet size: {width=} {scales=} {skip=}")
-        self.scales = scales
+        if min(width, scales, in_channels, out_channels, groups) < 1 or skip < 0:
+            raise ValueError(f"bad SkipNet size: {width=} {scales=} {skip=} {groups=}")
+        self.scales, self.groups = scales, groups
+        self.sizes = {"in_channels": in_channels, "out_channels": out_channels, "width": width,
+                      "scales": scales, "skip": skip}  # fmt: skip
         inner = None
         for i in reversed(range(scales)):
-            inner = _Scale(in_channels if i == 0 else width, width, skip, inner)
+            inner = _Scale(in_channels if i == 0 else width, width, skip, inner, groups)
         self.body = inner
-        self.head = nn.Sequential(nn.Conv2d(width, out_channels, 1), nn.Sigmoid())
+        self.head = nn.Sequential(_conv(width, out_channels, 1, 1, groups), nn.Sigmoid())
 
     def forward(self, z: Tensor) -> Tensor:
         return self.head(self.body(z))
