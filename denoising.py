@@ -285,7 +285,7 @@ def finish(job: Job, result: FitResult, batch_size: int = 1) -> None:
         "iterations_done": result.iterations,
         "diverged_at": result.diverged_at,
         "device": job.device_name,
-        "parameters": sum(p.numel() for p in job.model.net.parameters()) // batch_size,
+        "parameters": sum(p.numel() for p in job.model.net.parameters()),
         "batch_size": batch_size,  # runs that shared the loop (and so the time) with this one
         "versions": versions(),
         "wall_time_s": round(time.time() - job.started, 2),
@@ -349,6 +349,8 @@ def run_batch(argvs: list[list[str]], max_batch: int, progress: bool = False) ->
             jobs = [job for _, job in part]
             model = jobs[0].model if len(jobs) == 1 else stack_models([j.model for j in jobs])
             print(f"batch of {len(jobs)}: {', '.join(j.args.ckpt for j in jobs)}", flush=True)
+            for job in jobs:  # a run's wall time is its batch's, not the batches' before it
+                job.started = time.time()
             results = fit_batch(
                 model, torch.cat([j.y for j in jobs]), torch.cat([j.clean for j in jobs]),
                 jobs[0].cfg, seeds=[j.args.seed for j in jobs],

@@ -175,6 +175,17 @@ def unstack_state(state: Any, runs: int) -> list[Any]:
     return [state] * runs
 
 
+def is_finite(state: Any) -> bool:
+    """Whether every floating-point tensor in a (nested) state is free of NaN and infinity."""
+    if isinstance(state, Tensor):
+        return not state.is_floating_point() or bool(torch.isfinite(state).all())
+    if isinstance(state, dict):
+        return all(is_finite(value) for value in state.values())
+    if isinstance(state, list | tuple):
+        return all(is_finite(item) for item in state)
+    return True
+
+
 def stack_models(models: Sequence[DeepPrior]) -> DeepPrior:
     """One model that runs the given single-run models side by side, each from its own state.
 
@@ -333,9 +344,12 @@ def fit_batch(
         if len({s["iteration"] for s in states}) != 1:
             raise ValueError("runs resumed in one batch must be at the same iteration")
         model.load_state_dict(stack_states([s["model"] for s in states]))
-        optimizer.load_state_dict(stack_states([s["optimizer"] for s in states]))
-        for group in optimizer.param_groups:  # this call's kernels, not the checkpoint's
-            group.update({"foreach": None, "fused": None} | optimizer_kernels(speed))
+        optimizer_state = stack_states([s["optimizer"] for s in states])
+        # This call's kernels, not the checkpoint's: set before loading, because loading decides
+        # from them where Adam keeps its step counters (on the device only for fused kernels).
+        kernels = {"foreach": None, "fused": None} | optimizer_kernels(speed)
+        optimizer_state["param_groups"] = [g | kernels for g in optimizer_state["param_groups"]]
+        optimizer.load_state_dict(optimizer_state)
         for generator, s in zip(generators, states, strict=True):
             generator.set_state(s["generator"])
         start = states[0]["iteration"]
@@ -345,9 +359,13 @@ def fit_batch(
     def snapshot(iteration: int) -> list[dict | None]:
         models = unstack_state(model.state_dict(), runs)
         optimizers = unstack_state(optimizer.state_dict(), runs)
+        # A run whose state is no longer finite keeps its last good checkpoint: its divergence
+        # may not have been logged yet (the state is saved before the iteration's logged row).
         return [
             None
             if diverged_at[k] is not None
+            or not is_finite(models[k])
+            or not is_finite(optimizers[k])
             else {
                 "iteration": iteration,
                 "model": models[k],

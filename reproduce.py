@@ -98,6 +98,8 @@ def run_all(
     threads = max(1, (os.cpu_count() or 1) // jobs)  # per subprocess, unless OMP_NUM_THREADS
 
     def record(run: Run, action: str, code: int) -> None:
+        if code == 130:  # a run was interrupted (Ctrl-C): stop the whole set
+            raise KeyboardInterrupt
         key = "failed" if code != 0 else ("resumed" if action == "resume" else "started")
         outcome[key].append(run.ckpt(profile))
 
@@ -186,10 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     profile = PROFILES["quick" if args.quick else "full"]
     out_dir = args.out_dir or ROOT / "checkpoints" / profile.name
     started = time.time()
-    outcome, files = reproduce(
-        args.figures, profile, out_dir, args.data_dir, args.figs_dir, args.table_dir,
-        args.device, args.jobs, gpus, fast=args.fast, batch=args.batch,
-    )  # fmt: skip
+    try:
+        outcome, files = reproduce(
+            args.figures, profile, out_dir, args.data_dir, args.figs_dir, args.table_dir,
+            args.device, args.jobs, gpus, fast=args.fast, batch=args.batch,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        print("\ninterrupted: the same command reuses finished runs and resumes the others from "
+              "their last checkpoint", file=sys.stderr)  # fmt: skip
+        return 130
     counts = ", ".join(f"{len(v)} {k}" for k, v in outcome.items())
     print(f"profile {profile.name}: {counts}; {time.time() - started:.0f} s")
     for path in files:

@@ -27,6 +27,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from denoising import SCALES  # noqa: E402
+from models import min_input_size  # noqa: E402
 from recovery import (  # noqa: E402  (after the path to the repository root is set)
     FitConfig,
     FitResult,
@@ -68,14 +70,25 @@ def steady_rate(result: FitResult) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    gpu = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    try:
+        return compare(parse_args(argv))
+    except FloatingPointError as err:  # a rate or a PSNR of a diverged run would mean nothing
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def compare(args: argparse.Namespace) -> int:
+    gpu = args.device != "cpu" and torch.cuda.is_available()
     device = torch.device("cuda" if gpu else "cpu")
     size = args.size or (512 if gpu else 128)
     width = args.width or (128 if gpu else 32)
     iters = args.iters or (5000 if gpu else 300)
-    if iters < 3 or args.repeats < 1 or args.batch < 0:
-        print("error: --iters must be >= 3, --repeats >= 1, --batch >= 0", file=sys.stderr)
+    if iters < 3 or args.repeats < 1 or args.batch < 0 or size < min_input_size(SCALES):
+        print(f"error: --iters must be >= 3, --repeats >= 1, --batch >= 0, "
+              f"--size >= {min_input_size(SCALES)}", file=sys.stderr)  # fmt: skip
+        return 2
+    if args.device == "cuda" and not gpu:
+        print("error: --device cuda, but torch sees no CUDA GPU here", file=sys.stderr)
         return 2
     try:
         pixels = resolve_image(args.image, args.data_dir).pixels
@@ -109,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     def run(speed: Speed, seed: int) -> FitResult:
         y, clean = data(seed)
         cfg = dataclasses.replace(base, speed=speed)
-        return fit(model(seed), y, clean, cfg, seed=seed, progress=False)
+        return finite(fit(model(seed), y, clean, cfg, seed=seed, progress=False))
 
     fast = Speed.fast(device)
     paths = {"faithful": Speed(), "fast": fast}
@@ -141,10 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         sequential = len(seeds) / sum(1 / steady_rate(r) for r in one_by_one)
         ys, cleans = zip(*(data(seed) for seed in seeds), strict=True)
         cfg = dataclasses.replace(base, speed=fast)
-        together = fit_batch(
+        results = fit_batch(
             stack_models([model(seed) for seed in seeds]), torch.cat(ys), torch.cat(cleans), cfg,
             seeds=seeds, progress=False,
         )  # fmt: skip
+        together = [finite(result) for result in results]
         batched = len(seeds) * steady_rate(together[0])
         gap = max(
             abs(a[2] - b[2])
@@ -159,6 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     speedup = statistics.median(rates["fast"]) / statistics.median(rates["faithful"])
     print(f"speedup {speedup:.2f}")
     return 0
+
+
+def finite(result: FitResult) -> FitResult:
+    if result.diverged_at is not None:
+        raise FloatingPointError(f"a run diverged at iteration {result.diverged_at}; lower the lr")
+    return result
 
 
 def describe(speed: Speed) -> str:

@@ -21,6 +21,7 @@ from recovery import (
     build_model,
     fit,
     fit_batch,
+    is_finite,
     make_optimizer,
     stack_models,
     stack_states,
@@ -147,6 +148,21 @@ def _copy(states):
     return torch.load(buffer, weights_only=False)
 
 
+def test_a_diverging_run_keeps_only_finite_checkpoints() -> None:
+    """The state is saved at the top of an iteration whose logged row finds the divergence, so
+    the saved state must be checked itself: the run keeps its last finite checkpoint."""
+    y, clean = problems(2)
+    cfg = FitConfig(num_iter=60, show_every=5, save_every=5, lr=1.0, lr_c=1e9)
+    saved: list[list] = []
+    together = fit_batch(
+        stack_models(models([0, 1])), y, clean, cfg, seeds=[0, 1], progress=False,
+        checkpoint=lambda states: saved.append(_copy(states)),
+    )  # fmt: skip
+    assert all(r.diverged_at is not None for r in together)
+    assert all(is_finite(state) for states in saved for state in states if state is not None)
+    assert any(state is None for states in saved for state in states)
+
+
 def test_a_diverging_run_does_not_disturb_the_others() -> None:
     y, clean = problems(3)
     y[1, :, :5] = 1e30  # run 1's loss overflows at once; runs 0 and 2 are fine
@@ -185,6 +201,45 @@ def test_fast_path_agrees_with_the_faithful_path(device: str, data_dir: Path) ->
     assert abs(final[1] - final[0]) < 0.3, final
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("runs", [1, 3])
+def test_fast_batched_loop_does_not_synchronise(runs: int) -> None:
+    """As tests/test_recovery.py's sync test, for the fast path of a GPU and a batch of runs."""
+    y, clean = problems(runs)
+    cfg = FitConfig(show_every=1000, save_every=1000, speed=Speed.fast("cuda"))
+    counts = []
+    for num_iter in (6, 26):
+        model = stack_models(models(range(runs), device="cuda"))
+        cfg_n = dataclasses.replace(cfg, num_iter=num_iter)
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with pytest.warns(UserWarning) as record:
+                fit_batch(
+                    model, y.cuda(), clean.cuda(), cfg_n, seeds=[*range(runs)], progress=False
+                )
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(w.message) for w in record))
+    assert counts[0] == counts[1]
+
+
+@pytest.mark.gpu
+def test_adam_resumes_across_optimizer_kernels() -> None:
+    """A checkpoint of the default kernels resumed with fused ones and back, on a GPU, where fused
+    Adam wants its step counters on the device and the other kernels want them on the host."""
+    y, clean = (t.cuda() for t in problems(1))
+    cfg = FitConfig(alg="adam", lr=0.01, num_iter=10, show_every=5, save_every=10)
+    for first, second in ((Speed(), Speed(fused=True)), (Speed(fused=True), Speed())):
+        saved = []
+        model = models([0], device="cuda")[0]
+        fit(model, y, clean, dataclasses.replace(cfg, speed=first), progress=False,
+            checkpoint=lambda state, saved=saved: saved.append(_copy(state)))  # fmt: skip
+        longer = dataclasses.replace(cfg, num_iter=20, speed=second)
+        model = models([0], device="cuda")[0]
+        resumed = fit(model, y, clean, longer, state=saved[-1], progress=False)
+        assert resumed.iterations == 20 and [r[0] for r in resumed.history] == [0, 5, 10, 15, 19]
+
+
 @pytest.mark.slow
 def test_compiled_path_agrees_with_the_faithful_path() -> None:
     y, clean = problems(1)
@@ -213,6 +268,8 @@ def test_batched_command_lines_write_what_separate_ones_write(tmp_path: Path) ->
         np.testing.assert_allclose(a, b, atol=0.3)
         config = json.loads((tmp_path / "batched" / f"{ckpt}_config.json").read_text())
         assert config["batch_size"] == 2 and config["status"] == "finished"
+        alone_config = json.loads((tmp_path / "alone" / f"{ckpt}_config.json").read_text())
+        assert config["parameters"] == alone_config["parameters"]  # one run's net, not the batch's
     # a batched run's checkpoint is a single run's: denoising.py --resume extends it alone
     longer = argv("batched", "a", "0.3")
     longer[longer.index("--num_iter") + 1] = "40"
@@ -241,3 +298,5 @@ def test_benchmark_runs_at_a_tiny_size(capsys) -> None:
     assert lines[0].startswith("device: cpu") and any(line.startswith("fast ") for line in lines)
     assert "batched" in lines[-2]
     assert lines[-1].startswith("speedup ") and float(lines[-1].split()[1]) > 0
+    assert benchmark.main(argv + ["--size", "20"]) == 2  # below the net's smallest input
+    assert "--size >= 33" in capsys.readouterr().err
