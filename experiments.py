@@ -1,10 +1,11 @@
 """The experiment sets of the paper's figures, as data: which runs each figure needs.
 
 A run is one call of denoising.py: a set of its arguments and a checkpoint name. Each figure is a
-list of cases (image, noise level) and the methods run on each; the figures share runs (F16 at 50%
-is in Figures 3, 4 and 5), and a run's name depends only on its settings, so a shared run is run
-once. A profile (full or quick) fixes the crop, the width scale and the iteration count: the same
-figure at two profiles gives two disjoint sets of runs, kept in two output folders.
+list of cases (image, noise level) and the variants run on each (DOP, DIP with the L2 loss,
+DIP-L1); the figures share runs (F16 at 50% is in Figures 3, 4 and 5), and a run's name depends
+only on its settings, so a shared run is run once. A profile (full or quick) fixes the crop, the
+width scale, the iteration count and the lr_c scaling rule: the same figure at two profiles gives
+two disjoint sets of runs, kept in two output folders.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ FULL_ITERS = 150_000  # the public code's default
 README_ITERS = 200_000  # the public README curve runs to 200k iterations
 PAPER_IMAGES = ("F16", "Peppers", "Baboon", "kodim03")
 LEVELS = (0.1, 0.3, 0.5, 0.7)
-METHODS = ("dop", "dip", "dip-l1")
+# The compared variants as denoising.py flags: DOP, and the two pure Deep Image Prior baselines.
+VARIANTS = {
+    "dop": ("--method", "dop"),
+    "dip": ("--method", "dip", "--loss", "l2"),
+    "dip-l1": ("--method", "dip", "--loss", "l1"),
+}
+# The lr_c sweep: lr_c used on the image (--lr_c_scaling none), from the public 500 down by 2s.
+LR_C_SWEEP = tuple(500 / 2**k for k in range(7))
+SWEEP_WIDTHS = (64, 192)  # paper widths of the sweep's extra F16 50% runs (128 is in every case)
 
 
 @dataclass(frozen=True)
@@ -28,6 +37,7 @@ class Profile:
     iter_scale: float  # multiplies the paper's iteration count
     show_every: int
     save_every: int
+    lr_c_scaling: str = "none"  # denoising.py --lr_c_scaling of DOP's runs (none: the public code)
 
     def width(self, paper_width: int) -> int:
         return max(1, round(paper_width * self.width_scale))
@@ -39,7 +49,9 @@ class Profile:
 PROFILES = {
     "full": Profile("full", None, width_scale=1.0, iter_scale=1.0, show_every=500, save_every=5000),
     # F16 64x64 at width 16 runs at about 100 it/s on one CPU thread: 3000 iterations ~ 30-40 s.
-    "quick": Profile("quick", 64, 1 / 8, 3000 / FULL_ITERS, show_every=100, save_every=500),
+    "quick": Profile(
+        "quick", 64, 1 / 8, 3000 / FULL_ITERS, show_every=100, save_every=500, lr_c_scaling="sqrt"
+    ),
 }
 
 
@@ -49,25 +61,33 @@ class Run:
 
     image: str
     nlevel: float
-    method: str
+    variant: str  # a key of VARIANTS
     width: int = 128  # the paper's width, before the profile's scale
     num_iter: int = FULL_ITERS  # the paper's iterations, before the profile's scale
-    seed: int = 0  # the same seed = the same noise realization for every method
+    seed: int = 0  # the same seed = the same noise realization for every variant
+    lr_c: float | None = None  # DOP's lr_c used on the image (the lr_c sweep); None: the profile's
 
     def ckpt(self, profile: Profile) -> str:
+        sweep = "" if self.lr_c is None else f"_lrc{self.lr_c:g}"
         return (
-            f"{self.image}_p{round(self.nlevel * 100):02d}_{self.method}"
-            f"_w{profile.width(self.width)}_s{self.seed}"
+            f"{self.image}_p{round(self.nlevel * 100):02d}_{self.variant}"
+            f"_w{profile.width(self.width)}_s{self.seed}{sweep}"
         )
 
     def args(self, profile: Profile) -> list[str]:
-        """The denoising.py arguments of this run (without --out_dir, --data_dir, --device)."""
+        """The denoising.py arguments of this run (without --out_dir, --data_dir, --gpu)."""
+        if self.variant != "dop":  # no g, h: no step for them
+            lr_c = []
+        elif self.lr_c is None:
+            lr_c = ["--lr_c_scaling", profile.lr_c_scaling]
+        else:  # the sweep: lr_c used on the image, as given
+            lr_c = ["--lr_c", f"{self.lr_c:g}", "--lr_c_scaling", "none"]
         argv = [
-            "--image", self.image, "--nlevel", str(self.nlevel), "--method", self.method,
+            "--image", self.image, "--nlevel", str(self.nlevel), *VARIANTS[self.variant],
             "--width", str(profile.width(self.width)),
             "--num_iter", str(profile.num_iter(self.num_iter)), "--seed", str(self.seed),
             "--show_every", str(profile.show_every), "--save_every", str(profile.save_every),
-            "--ckpt", self.ckpt(profile), "--quiet",
+            "--ckpt", self.ckpt(profile), "--quiet", *lr_c,
         ]  # fmt: skip
         if profile.crop is not None:
             argv += ["--crop", str(profile.crop)]
@@ -85,18 +105,13 @@ class Case:
     def label(self) -> str:
         return f"{self.image}, {round(self.nlevel * 100)}%"
 
-    def run(self, method: str, width: int = 128, num_iter: int = FULL_ITERS) -> Run:
-        return Run(self.image, self.nlevel, method, width, num_iter)
+    def run(self, variant: str, width: int = 128, lr_c: float | None = None) -> Run:
+        return Run(self.image, self.nlevel, variant, width, lr_c=lr_c)
 
 
 FIG3_CASES = tuple(Case(image, 0.5) for image in PAPER_IMAGES)
 FIG4_CASES = tuple(Case("F16", level) for level in LEVELS)
 # The README curve set: F16 at 50%, DOP at width 192 against DIP-L1 at widths 192 and 64.
-README_RUNS = (
-    Run("F16", 0.5, "dop", width=192, num_iter=README_ITERS),
-    Run("F16", 0.5, "dip-l1", width=192, num_iter=README_ITERS),
-    Run("F16", 0.5, "dip-l1", width=64, num_iter=README_ITERS),
-)
 
 
 def grid_runs(cases: tuple[Case, ...]) -> list[Run]:
@@ -106,31 +121,51 @@ def grid_runs(cases: tuple[Case, ...]) -> list[Run]:
 
 def curve_runs(cases: tuple[Case, ...]) -> list[Run]:
     """Figure 5 compares the learning curves of DOP, DIP and DIP-L1 on the same noise."""
-    return [case.run(m) for case in cases for m in METHODS]
+    return [case.run(v) for case in cases for v in VARIANTS]
 
 
-FIGURE_NAMES = ("fig3", "fig4", "fig5", "readme")
+def readme_runs(case: Case) -> list[Run]:
+    """The public README's curve (F16 at 50%): DOP at width 192 against DIP-L1 at widths 192
+    and 64, to 200 000 iterations."""
+    return [Run(case.image, case.nlevel, v, width=w, num_iter=README_ITERS)
+            for v, w in (("dop", 192), ("dip-l1", 192), ("dip-l1", 64))]  # fmt: skip
+
+
+def sweep_runs(cases: tuple[Case, ...]) -> list[Run]:
+    """The lr_c sweep: DOP at every lr_c of LR_C_SWEEP on every case, and on the first case at
+    the other widths too (the poster's claim: the best α depends on neither image, sparsity nor
+    width)."""
+    runs = [case.run("dop", lr_c=lr_c) for case in cases for lr_c in LR_C_SWEEP]
+    return runs + [cases[0].run("dop", w, lr_c) for w in SWEEP_WIDTHS for lr_c in LR_C_SWEEP]
+
+
+PAPER_FIGURES = ("fig3", "fig4", "fig5", "readme")  # what "all" names
+FIGURE_NAMES = (*PAPER_FIGURES, "lrc")
 DEFAULT_CASES = {"fig3": FIG3_CASES, "fig4": FIG4_CASES}
 
 
 def check_names(names: list[str]) -> list[str]:
-    """The figure names, with "all" expanded; KeyError on an unknown name."""
+    """The figure names, with "all" expanded to the paper's figures; KeyError on an unknown
+    name."""
     for name in names:
         if name != "all" and name not in FIGURE_NAMES:
             raise KeyError(f"unknown figure {name!r}; choose from all, {', '.join(FIGURE_NAMES)}")
-    return list(FIGURE_NAMES) if "all" in names else list(dict.fromkeys(names))
+    expanded = [n for name in names for n in (PAPER_FIGURES if name == "all" else (name,))]
+    return list(dict.fromkeys(expanded))
 
 
 def figure_runs(names: list[str], cases: dict[str, tuple[Case, ...]] | None = None) -> list[Run]:
     """The distinct runs of the named figures ("all" = every figure), in a stable order.
 
-    ``cases`` replaces the cases of Figures 3 and 4 (and so of Figure 5); tests shrink them.
+    ``cases`` replaces the cases of Figures 3 and 4 (and so of Figures 5, the README curve, whose
+    case is Figure 3's first, and the lr_c sweep); tests shrink them.
     """
     cases = cases or DEFAULT_CASES
     sets = {
-        "fig3": grid_runs(cases["fig3"]),
-        "fig4": grid_runs(cases["fig4"]),
-        "fig5": curve_runs(cases["fig3"]) + curve_runs(cases["fig4"]),
-        "readme": list(README_RUNS),
+        "fig3": lambda: grid_runs(cases["fig3"]),
+        "fig4": lambda: grid_runs(cases["fig4"]),
+        "fig5": lambda: curve_runs(cases["fig3"]) + curve_runs(cases["fig4"]),
+        "readme": lambda: readme_runs(cases["fig3"][0]),
+        "lrc": lambda: sweep_runs(tuple(dict.fromkeys(cases["fig3"] + cases["fig4"]))),
     }
-    return list(dict.fromkeys(run for name in check_names(names) for run in sets[name]))
+    return list(dict.fromkeys(run for name in check_names(names) for run in sets[name]()))

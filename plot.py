@@ -1,18 +1,18 @@
 """Figures and the results table, from saved run outputs only (history, PNGs, config.json).
 
-    python plot.py --out_dir checkpoints/quick --profile quick      # redraw without running
+    python plot.py all --profile quick      # redraw from checkpoints/quick without running
 
 Figures 3/4: one row per case: the noisy input, DIP-L1, DOP and the clean image, with the
 last-iterate PSNR under each. Figure 5 and the README curve: PSNR against iteration (DOP solid,
-DIP dashed, DIP-L1 dotted). The table: per run the last-iterate PSNR and SSIM, the peak PSNR
-("oracle": it needs the clean image) and its iteration, the drop peak -> last, wall time, device.
+DIP dashed, DIP-L1 dotted). The lr_c sweep: DOP's last-iterate PSNR against lr_c. The table: per
+run the last-iterate PSNR and SSIM, the peak PSNR ("oracle": it needs the clean image) and its
+iteration, the drop peak -> last, wall time, device.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
+import math
 import sys
 from pathlib import Path
 
@@ -21,77 +21,54 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-from skimage.metrics import structural_similarity  # noqa: E402
 
 from experiments import (  # noqa: E402
     DEFAULT_CASES,
+    LR_C_SWEEP,
     PROFILES,
-    README_RUNS,
+    SWEEP_WIDTHS,
     Case,
     Profile,
     Run,
     check_names,
     figure_runs,
+    readme_runs,
 )
+from utils import InputError  # noqa: E402
+from utils.config import LR_C_SCALINGS, RunConfig  # noqa: E402
 from utils.io import atomic_write, save_csv  # noqa: E402
+from utils.rundir import RunDir  # noqa: E402
 
 STYLES = {"dop": "-", "dip": "--", "dip-l1": ":"}
 LABELS = {"dop": "DOP", "dip": "DIP (L2)", "dip-l1": "DIP-L1"}
 TABLE_FIELDS = [
-    "run", "image", "nlevel", "method", "width", "num_iter", "noisy_psnr", "last_psnr",
-    "last_ssim", "oracle_peak_psnr", "oracle_peak_iter", "drop_peak_to_last", "wall_time_s",
-    "iterations_per_s", "device", "status",
+    "run", "image", "nlevel", "variant", "width", "num_iter", "lr_c_used", "noisy_psnr",
+    "last_psnr", "last_ssim", "oracle_peak_psnr", "oracle_peak_iter", "drop_peak_to_last",
+    "wall_time_s", "iterations_per_s", "device", "status",
 ]  # fmt: skip
 
 
-def read_png(path: Path) -> np.ndarray:
-    """An 8-bit PNG as float (H, W[, 3]) in [0, 1]."""
-    with Image.open(path) as img:
-        return np.asarray(img, dtype=np.float64) / 255.0
-
-
-def read_history(path: Path) -> np.ndarray:
-    """CKPT_history.csv as an array of rows (iteration, loss, psnr)."""
-    with path.open() as f:
-        rows = [
-            [float(r["iteration"]), float(r["loss"]), float(r["psnr"])] for r in csv.DictReader(f)
-        ]
-    return np.array(rows).reshape(-1, 3)
-
-
-def read_config(out_dir: Path, ckpt: str) -> dict | None:
-    """The run's config.json, or None when the run has not written one (not finished)."""
-    path = out_dir / f"{ckpt}_config.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def ssim(last: np.ndarray, clean: np.ndarray) -> float:
-    channel_axis = -1 if last.ndim == 3 else None
-    return float(structural_similarity(last, clean, data_range=1.0, channel_axis=channel_axis))
-
-
 def result_row(run: Run, profile: Profile, out_dir: Path) -> dict | None:
-    """One table row from the saved outputs of ``run``; None when they are missing."""
-    ckpt = run.ckpt(profile)
-    config = read_config(out_dir, ckpt)
-    if config is None:
+    """One table row from the saved outputs of ``run``; None when it has not ended."""
+    rundir = RunDir(out_dir, run.ckpt(profile))
+    record = rundir.config()
+    if record is None:
         return None
-    history = read_history(out_dir / f"{ckpt}_history.csv")
-    peak = int(np.argmax(history[:, 2]))
-    last = read_png(out_dir / f"{ckpt}_last.png")
-    clean = read_png(out_dir / f"{ckpt}_clean.png")
+    report, history = record["report"], rundir.history()
+    peak = int(np.argmax(history["psnr"]))
+    lr_c = report["lr_c_used"]
     return {
-        "run": ckpt, "image": run.image, "nlevel": run.nlevel, "method": run.method,
-        "width": config["width"], "num_iter": config["num_iter"],
-        "noisy_psnr": round(config["noisy_psnr"], 2),
-        "last_psnr": round(float(history[-1, 2]), 2),
-        "last_ssim": round(ssim(last, clean), 4),
-        "oracle_peak_psnr": round(float(history[peak, 2]), 2),
-        "oracle_peak_iter": int(history[peak, 0]),
-        "drop_peak_to_last": round(float(history[peak, 2] - history[-1, 2]), 2),
-        "wall_time_s": config["wall_time_s"], "iterations_per_s": config["iterations_per_s"],
-        "device": config["device"], "status": config["status"],
+        "run": rundir.ckpt, "image": run.image, "nlevel": run.nlevel, "variant": run.variant,
+        "width": record["settings"]["width"], "num_iter": record["settings"]["num_iter"],
+        "lr_c_used": None if lr_c is None else round(lr_c, 4),
+        "noisy_psnr": round(report["noisy_psnr"], 2),
+        "last_psnr": round(float(history["psnr"][-1]), 2),
+        "last_ssim": round(float(history["ssim"][-1]), 4),
+        "oracle_peak_psnr": round(float(history["psnr"][peak]), 2),
+        "oracle_peak_iter": int(history["iteration"][peak]),
+        "drop_peak_to_last": round(float(history["psnr"][peak] - history["psnr"][-1]), 2),
+        "wall_time_s": report["wall_time_s"], "iterations_per_s": report["iterations_per_s"],
+        "device": report["device"], "status": report["status"],
     }  # fmt: skip
 
 
@@ -101,23 +78,25 @@ def write_table(rows: list[dict], profile: Profile, csv_path: Path, md_path: Pat
     md_path.parent.mkdir(parents=True, exist_ok=True)
     fields = ["profile", *TABLE_FIELDS]
     save_csv(csv_path, fields, ([{"profile": profile.name, **r}[k] for k in fields] for r in rows))
-    head = ["run", "method", "last PSNR", "last SSIM", "peak PSNR (oracle) @ iter",
+    head = ["run", "variant", "lr_c used", "last PSNR", "last SSIM", "peak PSNR (oracle) @ iter",
             "drop peak→last", "noisy PSNR", "wall time (s)", "device"]  # fmt: skip
     lines = [
         f"# Results, profile `{profile.name}`",
         "",
         f"Profile `{profile.name}`: crop {profile.crop or 'none'}, width × "
-        f"{profile.width_scale:g}, iterations × {profile.iter_scale:g}, seed 0. "
-        "PSNR in dB of the network output against the clean image; SSIM from the saved "
-        "8-bit PNGs. 'Last' is the last iterate (the "
-        "result); the peak is an **oracle** (it needs the clean image).",
+        f"{profile.width_scale:g}, iterations × {profile.iter_scale:g}, DOP's lr_c scaling "
+        f"`{profile.lr_c_scaling}` (unless the run sets lr_c), seed 0. PSNR in dB and SSIM "
+        "(Wang et al.'s Gaussian window) of the network output against the clean image. 'Last' "
+        "is the last iterate (the result); the peak is an **oracle** (it needs the clean image).",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
     for r in rows:
+        lr_c = "—" if r["lr_c_used"] is None else f"{r['lr_c_used']:g}"
         lines.append(
-            f"| {r['run']} | {LABELS[r['method']]} | {r['last_psnr']:.2f} | {r['last_ssim']:.4f} "
+            f"| {r['run']} | {LABELS[r['variant']]} | {lr_c} | {r['last_psnr']:.2f} "
+            f"| {r['last_ssim']:.4f} "
             f"| {r['oracle_peak_psnr']:.2f} @ {r['oracle_peak_iter']} "
             f"| {r['drop_peak_to_last']:.2f} | {r['noisy_psnr']:.2f} | {r['wall_time_s']:.0f} "
             f"| {r['device']} |"
@@ -131,20 +110,20 @@ def plot_grid(
     """Figure 3/4 style: rows = cases; columns = noisy, DIP-L1, DOP, clean; PSNR under each."""
     fig, axes = plt.subplots(len(cases), 4, figsize=(8, 2.2 * len(cases)), squeeze=False)
     for row, case in zip(axes, cases, strict=True):
-        dop, l1 = case.run("dop").ckpt(profile), case.run("dip-l1").ckpt(profile)
-        panels = [
-            (f"{dop}_noisy.png", "noisy", read_config(out_dir, dop), "noisy_psnr"),
-            (f"{l1}_last.png", "DIP-L1", read_config(out_dir, l1), "final_psnr"),
-            (f"{dop}_last.png", "DOP", read_config(out_dir, dop), "final_psnr"),
-            (f"{dop}_clean.png", "clean", None, None),
-        ]
-        for ax, (name, label, config, key) in zip(row, panels, strict=True):
+        dop = RunDir(out_dir, case.run("dop").ckpt(profile))
+        l1 = RunDir(out_dir, case.run("dip-l1").ckpt(profile))
+        panels = [(dop, "noisy", "noisy", "noisy_psnr"), (l1, "last", "DIP-L1", "final_psnr"),
+                  (dop, "last", "DOP", "final_psnr"), (dop, "clean", "clean", None)]  # fmt: skip
+        for ax, (rundir, name, label, key) in zip(row, panels, strict=True):
             ax.set_xticks([])
             ax.set_yticks([])
-            if (out_dir / name).is_file():
-                image = read_png(out_dir / name)
+            if rundir.path(name).is_file():
+                image = rundir.image(name)
                 ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
-            psnr = f"{config[key]:.2f} dB" if config is not None else ("" if key is None else "—")
+            record = rundir.config()
+            psnr = (
+                "" if key is None else "—" if record is None else f"{record['report'][key]:.2f} dB"
+            )
             ax.set_xlabel(f"{label} {psnr}".strip(), fontsize=9)
         row[0].set_ylabel(case.label, fontsize=9)
     fig.suptitle(f"{title} — profile: {profile.name} (last iterate)", fontsize=10)
@@ -168,10 +147,10 @@ def plot_curves(
     )
     for ax, (label, runs) in zip(axes.flat, panels, strict=False):
         for run, legend in runs:
-            history_path = out_dir / f"{run.ckpt(profile)}_history.csv"
-            if history_path.is_file():
-                h = read_history(history_path)
-                ax.plot(h[:, 0], h[:, 2], STYLES[run.method], label=legend, lw=1.3)
+            rundir = RunDir(out_dir, run.ckpt(profile))
+            if rundir.path("history").is_file():
+                h = rundir.history()
+                ax.plot(h["iteration"], h["psnr"], STYLES[run.variant], label=legend, lw=1.3)
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("iteration", fontsize=8)
         ax.set_ylabel("PSNR (dB)", fontsize=8)
@@ -191,8 +170,42 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
     plt.close(fig)
 
 
-def method_panels(cases: tuple[Case, ...]) -> list[tuple[str, list[tuple[Run, str]]]]:
-    return [(c.label, [(c.run(m), LABELS[m]) for m in ("dop", "dip", "dip-l1")]) for c in cases]
+def variant_panels(cases: tuple[Case, ...]) -> list[tuple[str, list[tuple[Run, str]]]]:
+    return [(c.label, [(c.run(v), LABELS[v]) for v in LABELS]) for c in cases]
+
+
+def plot_sweep(cases: tuple[Case, ...], profile: Profile, out_dir: Path, path: Path) -> None:
+    """Last-iterate PSNR of DOP against the lr_c used, per case (left) and, on the first case,
+    per width (right); the lr_c that each --lr_c_scaling rule gives from 500 is marked."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    lines = [(left, c.label, [c.run("dop", lr_c=v) for v in LR_C_SWEEP]) for c in cases]
+    first = cases[0]
+    for width in sorted((128, *SWEEP_WIDTHS)):
+        label = f"{first.label}, width {profile.width(width)}"
+        lines.append((right, label, [first.run("dop", width, v) for v in LR_C_SWEEP]))
+    numel = None
+    for ax, label, runs in lines:
+        points = [(run.lr_c, RunDir(out_dir, run.ckpt(profile)).config()) for run in runs]
+        points = [(v, r["report"]["final_psnr"]) for v, r in points if r is not None]
+        if points:
+            ax.plot(*zip(*points, strict=True), "o-", label=label, lw=1.2, ms=3)
+        record = RunDir(out_dir, runs[0].ckpt(profile)).config()
+        numel = numel or (record and math.prod(record["data"]["shape"]))
+    for ax in (left, right):
+        for rule in LR_C_SCALINGS if numel else ():
+            value = RunConfig(lr_c=500.0, lr_c_scaling=rule).lr_c_used(numel)
+            ax.axvline(value, color="gray", ls=":", lw=1)
+            ax.text(value, 1.0, f" {rule}", transform=ax.get_xaxis_transform(), fontsize=7,
+                    va="top", color="gray")  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("lr_c used (lr = 1)", fontsize=8)
+        ax.set_ylabel("last-iterate PSNR (dB)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"DOP: lr_c sweep — profile: {profile.name} (dotted: the scaling rules "
+                 "applied to 500)", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 def draw(
@@ -217,11 +230,15 @@ def draw(
         elif name == "fig4":
             plot_grid(cases["fig4"], profile, out_dir, path, "Figure 4: F16 at several levels")
         elif name == "fig5":
-            panels = method_panels(cases["fig3"]) + method_panels(cases["fig4"])
+            panels = variant_panels(cases["fig3"]) + variant_panels(cases["fig4"])
             plot_curves(panels, profile, out_dir, path, "Figure 5: learning curves, same noise")
         elif name == "readme":
-            runs = [(r, f"{LABELS[r.method]} width {profile.width(r.width)}") for r in README_RUNS]
-            plot_curves([("F16, 50%", runs)], profile, out_dir, path, "README curve", 1, (6, 4))
+            case = cases["fig3"][0]
+            runs = [(r, f"{LABELS[r.variant]} width {profile.width(r.width)}")
+                    for r in readme_runs(case)]  # fmt: skip
+            plot_curves([(case.label, runs)], profile, out_dir, path, "README curve", 1, (6, 4))
+        elif name == "lrc":
+            plot_sweep(tuple(dict.fromkeys(cases["fig3"] + cases["fig4"])), profile, out_dir, path)
         written.append(path)
     runs = figure_runs(wanted, cases)
     rows = [row for run in runs if (row := result_row(run, profile, out_dir)) is not None]
@@ -233,7 +250,7 @@ def draw(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("figures", nargs="+", help="fig3, fig4, fig5, readme or all")
+    p.add_argument("figures", nargs="+", help="all (the paper's), fig3, fig4, fig5, readme, lrc")
     p.add_argument("--profile", default="full", help="full or quick (default: full)")
     p.add_argument("--out_dir", type=Path, default=None, help="run outputs (checkpoints/PROFILE)")
     p.add_argument("--figs_dir", type=Path, default=Path("figs"))
@@ -249,7 +266,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     profile = PROFILES[args.profile]
     out_dir = args.out_dir or Path("checkpoints") / profile.name
-    for path in draw(args.figures, profile, out_dir, args.figs_dir, args.table_dir):
+    try:
+        written = draw(args.figures, profile, out_dir, args.figs_dir, args.table_dir)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for path in written:
         print(f"wrote {path}")
     return 0
 

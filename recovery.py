@@ -1,300 +1,183 @@
-"""The optimization loop of DOP, DIP and DIP-L1, written once.
+"""The optimisation loop of the Deep-Image-Prior family, written once.
 
-An observation y = x + s (x the clean image, s sparse noise) is fitted by a model of y:
+The model of an observation y (K runs at once, runs along dimension 0):
 
-    DOP     y ≈ f(θ; z + η) + g⊙g − h⊙h     (You, Zhu, Qu, Ma, NeurIPS 2020, arXiv 2006.08857)
-    DIP     y ≈ f(θ; z + η)                 (Ulyanov, Vedaldi, Lempitsky, CVPR 2018)
+    y ≈ A(x) + s,    x = f(θ; z + η),    s = g⊙g − h⊙h (DOP) or s = 0 (DIP)
 
-f is the skip net, z a fixed input drawn from uniform[0, 0.1), η ~ N(0, σ²) drawn afresh at every
-iteration (σ = 1/30), and g, h image-shaped tensors initialised at N(0, 1)·1e-5. The loss is the
-mean squared (or, with L1, mean absolute) error over all C·H·W entries. Plain gradient descent takes
-a step of lr for θ and lr_c for (g, h); the ratio α = lr_c / lr is the implicit bias that lets
-g⊙g − h⊙h absorb the sparse noise while f(θ) fits the image, so DOP needs no early stopping. The
-recovered image is f(θ; z + η) alone. A method is a configuration of this one loop: whether g, h
-exist (``sparse``) and which loss; everything else is shared.
+* the prior f (models/: a generator, its input z, which of its tensors are trained, its input
+  perturbation η drawn afresh at every iteration, its default optimizer),
+* the forward operator A (utils/operators.py; the identity for denoising),
+* the sparse-outlier term s (models/sparse.py; You, Zhu, Qu, Ma, NeurIPS 2020, arXiv 2006.08857),
+* the data-fit loss of the residual A(x) + s − y (utils/losses.py),
+* observers of every iterate that use no ground truth (utils/observers.py), and metrics against a
+  clean image, computed only when one exists (utils/metrics.py).
 
-The loop advances K independent runs at once (``fit_batch``; ``fit`` is K = 1): the K nets are one
-grouped net, z, η, g, h and y carry the runs along dimension 0, and the objective is the sum of
-the K runs' losses, so each run's parameters get exactly the gradient of its own loss. How fast
-the loop runs (``Speed``: channels-last, bf16 autocast of the net, foreach/fused optimizers,
-torch.compile) is separate from what it computes.
+Gradient descent takes a step of ``lr`` for the prior's trainable tensors and ``lr_c`` for (g, h):
+two optimizer groups, so DOP's discrepant ratio α = lr_c / lr is one setting. The recovered image
+is x alone. The loop advances K independent runs together: the objective is the sum of the K
+losses, so each run's parameters get exactly the gradient of its own loss. How fast it runs
+(``Speed``) is separate from what it computes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from models import SkipNet
-from utils.metrics import psnr
+from models import PRIORS, Prior, SparseTerm
+from utils.config import RunConfig
+from utils.losses import LOSSES
+from utils.metrics import METRICS
+from utils.observers import Observer
+from utils.operators import Identity
+from utils.seeding import derive_seed
+from utils.state import is_finite, stack_states, unstack_state
 
 
-@dataclass(frozen=True)
-class Method:
-    """Which parameters the loop trains and which loss it minimises."""
-
-    name: str
-    sparse: bool  # model the noise as g⊙g − h⊙h (DOP) or not at all (DIP)
-    loss: str  # "l2": mean squared error; "l1": mean absolute error
-
-
-METHODS = {
-    "dop": Method("dop", sparse=True, loss="l2"),
-    "dip": Method("dip", sparse=False, loss="l2"),
-    "dip-l1": Method("dip-l1", sparse=False, loss="l1"),
-}
-# Per-run losses: the mean over each run's C·H·W entries, one value per run (dimension 0).
-LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "l2": lambda prediction, y: (prediction - y).square().mean(dim=(1, 2, 3)),
-    "l1": lambda prediction, y: (prediction - y).abs().mean(dim=(1, 2, 3)),
-}
-
-INPUT_DEPTH = 32  # channels of the fixed input z
-INPUT_SCALE = 0.1  # z ~ uniform[0, 0.1)
-SPARSE_INIT_STD = 1e-5  # g, h ~ N(0, 1)·1e-5: the small init the implicit bias needs
-REFERENCE_NUMEL = 3 * 512 * 512  # image size at which the public lr_c = 500 was tuned
-
-
-def lr_c_for_size(lr_c: float, numel: int, reference_numel: int = REFERENCE_NUMEL) -> float:
-    """The lr for (g, h) that moves them, relative to θ, as ``lr_c`` does at the reference size.
-
-    With the mean over n = C·H·W entries, the gradient of each entry of g, h scales as 1/n while the
-    network's (shared by all pixels) does not, so the same lr_c means a larger effective α on a
-    smaller image. Scaling lr_c by n / n_ref keeps lr_c·∂L/∂g, for a given residual, unchanged.
-    """
-    return lr_c * numel / reference_numel
-
-
-class DeepPrior(nn.Module):
-    """f(θ; z + η) cropped to the image, plus g⊙g − h⊙h when ``sparse`` (DOP).
-
-    The net may run on a larger canvas than the image (``net_size``, e.g. padded to a multiple of
-    32); its output is centre-cropped back, so the loss sees exactly the image's pixels. A net with
-    K groups makes a model of K runs: z is (K, 32, H, W), g and h are (K, C, H, W).
-    """
+class Model(nn.Module):
+    """y ≈ A(x) [+ g⊙g − h⊙h] with x from the prior."""
 
     def __init__(
-        self,
-        net: nn.Module,
-        image_shape: tuple[int, int, int],
-        net_size: tuple[int, int],
-        sparse: bool,
-        generator: torch.Generator,
+        self, prior: Prior, operator: nn.Module | None = None, sparse: SparseTerm | None = None
     ) -> None:
         super().__init__()
-        c, h, w = image_shape
-        k = net.groups
-        self.net = net
-        self.image_shape = image_shape
-        z = torch.rand(k, INPUT_DEPTH, *net_size, generator=generator) * INPUT_SCALE
-        self.register_buffer("z", z)
-        self.top, self.left = (net_size[0] - h) // 2, (net_size[1] - w) // 2
-        if sparse:
-            self.g = nn.Parameter(torch.randn(k, c, h, w, generator=generator) * SPARSE_INIT_STD)
-            self.h = nn.Parameter(torch.randn(k, c, h, w, generator=generator) * SPARSE_INIT_STD)
-        else:
-            self.g = self.h = None
-
-    @property
-    def sparse(self) -> bool:
-        return self.g is not None
+        self.prior = prior
+        self.operator = operator if operator is not None else Identity()
+        self.sparse = sparse
 
     @property
     def runs(self) -> int:
-        return self.z.shape[0]
+        return self.prior.runs
 
-    def forward(self, eta: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns (x, prediction of y): the image estimates and, for DOP, x + g⊙g − h⊙h."""
-        _, h, w = self.image_shape
-        # The K runs' inputs side by side as the channels of one image for the grouped net.
-        out = self.net((self.z + eta).reshape(1, -1, *self.z.shape[-2:]))
-        x = out.reshape(self.runs, -1, *out.shape[-2:])
-        x = x[..., self.top : self.top + h, self.left : self.left + w]
-        return x, (x + self.sparse_estimate() if self.sparse else x)
-
-    def sparse_estimate(self) -> Tensor:
-        return self.g * self.g - self.h * self.h
+    def forward(self, eta: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(x, prediction of y) for the K runs."""
+        x = self.prior(eta)
+        prediction = self.operator(x)
+        return x, prediction if self.sparse is None else prediction + self.sparse()
 
 
 def build_model(
-    image_shape: tuple[int, int, int],
-    *,
-    sparse: bool,
-    width: int,
-    seed: int,
-    net_size: tuple[int, int] | None = None,
-    scales: int = 5,
-    skip: int = 4,
-) -> DeepPrior:
-    """The skip net, its input z and (for DOP) g, h, all drawn from ``seed`` on the CPU, so the
-    initialisation does not depend on the device."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = SkipNet(INPUT_DEPTH, image_shape[0], width=width, scales=scales, skip=skip)
-    generator = torch.Generator().manual_seed(seed)
-    return DeepPrior(net, image_shape, net_size or image_shape[1:], sparse, generator)
-
-
-def stack_states(states: Sequence[Any]) -> Any:
-    """The state of a K-run batch from the states (model or optimizer ``state_dict``) of K single
-    runs: every tensor with a dimension is concatenated along dimension 0, where the grouped net,
-    z, g, h and the optimizer's per-entry state keep their runs; anything else (counters,
-    hyper-parameters) is taken from the first run."""
-    first = states[0]
-    if isinstance(first, Tensor):
-        return torch.cat(list(states)) if first.dim() else first
-    if isinstance(first, dict):
-        return {key: stack_states([s[key] for s in states]) for key in first}
-    if isinstance(first, list | tuple):
-        return type(first)(stack_states(items) for items in zip(*states, strict=True))
-    return first
-
-
-def unstack_state(state: Any, runs: int) -> list[Any]:
-    """The inverse of ``stack_states``: the K single-run states of a batch's state (copies, so
-    that saving one run's state does not write the storage of the whole batch)."""
-    if runs == 1:
-        return [state]
-    if isinstance(state, Tensor):
-        if not state.dim():
-            return [state.clone() for _ in range(runs)]
-        return [part.clone() for part in state.chunk(runs)]
-    if isinstance(state, dict):
-        parts = {key: unstack_state(value, runs) for key, value in state.items()}
-        return [{key: parts[key][k] for key in state} for k in range(runs)]
-    if isinstance(state, list | tuple):
-        parts = [unstack_state(item, runs) for item in state]
-        return [type(state)(p[k] for p in parts) for k in range(runs)]
-    return [state] * runs
-
-
-def is_finite(state: Any) -> bool:
-    """Whether every floating-point tensor in a (nested) state is free of NaN and infinity."""
-    if isinstance(state, Tensor):
-        return not state.is_floating_point() or bool(torch.isfinite(state).all())
-    if isinstance(state, dict):
-        return all(is_finite(value) for value in state.values())
-    if isinstance(state, list | tuple):
-        return all(is_finite(item) for item in state)
-    return True
-
-
-def stack_models(models: Sequence[DeepPrior]) -> DeepPrior:
-    """One model that runs the given single-run models side by side, each from its own state.
-
-    They must agree in image shape, canvas, net size and method (only their images, noise and
-    seeds differ). The batch is on the device of the first model.
-    """
-    first = models[0]
-    if any(m.runs != 1 for m in models):
-        raise ValueError("stack_models takes single-run models")
-    net = SkipNet(**first.net.sizes, groups=len(models))
-    canvas = tuple(first.z.shape[-2:])
-    batch = DeepPrior(net, first.image_shape, canvas, first.sparse, torch.Generator())
-    try:
-        batch.load_state_dict(stack_states([m.state_dict() for m in models]))
-    except (RuntimeError, KeyError) as err:
-        raise ValueError(
-            f"runs of different shapes or methods cannot share a batch: {err}"
-        ) from None
-    return batch.to(first.z.device)
+    cfg: RunConfig, image_shape: Sequence[int], seeds: Sequence[int], **prior_options
+) -> Model:
+    """The model of ``cfg`` for K = len(seeds) runs on images of ``image_shape`` (C, H, W), each
+    run drawn from the streams of its own seed, on the CPU (so the draws do not depend on the
+    device). ``prior_options`` go to the prior (e.g. ``scales`` of the skip net)."""
+    prior = PRIORS[cfg.prior](image_shape, width=cfg.width, seeds=seeds, pad=cfg.pad,
+                              **prior_options)  # fmt: skip
+    sparse = SparseTerm(image_shape, seeds) if cfg.method == "dop" else None
+    return Model(prior, Identity(), sparse)
 
 
 @dataclass(frozen=True)
 class Speed:
     """How the loop runs; none of it changes the algorithm. The default is the public code's
-    recipe: fp32, eager, contiguous tensors, torch's default optimizer kernels."""
+    recipe: fp32 (no TF32 on a GPU), eager, contiguous tensors, torch's default optimizer."""
 
-    channels_last: bool = False  # NHWC activations for the net (tensor cores want them)
-    bf16: bool = False  # autocast the net's forward (and so its backward) to bfloat16
+    channels_last: bool = False  # NHWC activations for the prior (tensor cores want them)
+    bf16: bool = False  # autocast the forward (and so the backward) to bfloat16
     compile: bool = False  # torch.compile the model's forward (and, through it, the backward)
     foreach: bool | None = None  # one multi-tensor kernel per optimizer step (None: torch's pick)
     fused: bool | None = None  # one fused kernel per optimizer step
+    tf32: bool = False  # let cuDNN and cuBLAS use TF32 for fp32 convolutions and matmuls
 
     @classmethod
-    def fast(cls, device: torch.device | str) -> Speed:
-        """What ``--fast`` turns on for a device: the options measured to pay there (see
-        docs/RESULTS.md, "Speed"). g, h, the loss, the metrics and the optimizer stay fp32."""
+    def of(cls, fast: bool, device: torch.device | str) -> Speed:
+        """What ``--fast`` turns on for a device (docs/RESULTS.md, "Speed"); off: faithful.
+        g, h, the loss, the metrics and the optimizer stay fp32 either way."""
+        if not fast:
+            return cls()
         if torch.device(device).type == "cuda":
-            return cls(channels_last=True, bf16=True, compile=True, fused=True)
+            return cls(channels_last=True, bf16=True, compile=True, fused=True, tf32=True)
         return cls(bf16=cpu_has_bf16(), foreach=True)
+
+    def optimizer_kernels(self) -> dict[str, bool]:
+        chosen = {"foreach": self.foreach, "fused": self.fused}
+        return {key: value for key, value in chosen.items() if value is not None}
 
 
 def cpu_has_bf16() -> bool:
-    """Whether oneDNN runs bfloat16 convolutions natively here (AVX512-BF16 or AMX)."""
-    return bool(
-        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    )
+    """Whether the CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX), from /proc/cpuinfo
+    (Linux); elsewhere bf16 is left off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-@dataclass(frozen=True)
-class FitConfig:
-    loss: str = "l2"
-    num_iter: int = 150_000
-    lr: float = 1.0  # step for θ
-    lr_c: float = 500.0  # step for (g, h); α = lr_c / lr
-    alg: str = "sgd"  # "sgd" (plain gradient descent) or "adam"
-    reg_noise_std: float = 1.0 / 30.0  # σ of the fresh input perturbation η
-    show_every: int = 500  # iterations between logged rows (the only host-device syncs)
-    save_every: int = 5000  # iterations between resumable checkpoints
-    speed: Speed = Speed()
+@contextlib.contextmanager
+def precision(speed: Speed) -> Iterator[None]:
+    """TF32 on or off for the loop (PyTorch lets cuDNN use TF32 for fp32 convolutions by
+    default; the faithful path turns it off), with cuDNN's autotuner; restored afterwards."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark
+    cudnn.allow_tf32 = matmul.allow_tf32 = speed.tf32
+    cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = saved
+
+
+def make_optimizer(model: Model, cfg: RunConfig, speed: Speed = Speed()) -> torch.optim.Optimizer:
+    """Two groups: the prior's trainable tensors with lr, (g, h) with lr_c (after its scaling).
+    SGD has no momentum, as in the paper."""
+    groups = [{"params": model.prior.trainable(), "lr": cfg.lr}]
+    if model.sparse is not None:
+        numel = model.sparse.g[0].numel()
+        groups.append({"params": list(model.sparse.parameters()), "lr": cfg.lr_c_used(numel)})
+    optimizers = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+    return optimizers[cfg.alg](groups, lr=cfg.lr, **speed.optimizer_kernels())
 
 
 @dataclass
 class FitResult:
-    history: list[tuple[int, float, float]]  # (iteration, loss, PSNR of x against `clean`)
+    history: list[dict[str, float]]  # logged rows: iteration, loss, observers', metrics'
     image: np.ndarray | None  # the last logged (finite) x, (C, H, W); None if there was none
     sparse: np.ndarray | None  # g⊙g − h⊙h at that point (DOP only)
     iterations: int  # iterations completed, counting resumed ones
     seconds: float = 0.0  # wall time of this call's loop
     steps: int = 0  # iterations run by this call
-    diverged_at: int | None = None  # first logged iteration whose loss or output was not finite
+    diverged_at: int | None = None  # first logged iteration whose loss was not finite
     log_seconds: list[float] = field(default_factory=list)  # loop time at this call's rows
 
 
-def optimizer_kernels(speed: Speed) -> dict[str, bool]:
-    """The optimizer's kernel choices that ``speed`` makes (none left to torch's default)."""
-    chosen = {"foreach": speed.foreach, "fused": speed.fused}
-    return {key: value for key, value in chosen.items() if value is not None}
+@dataclass
+class Loop:
+    """Everything the loop holds for a batch of K runs."""
+
+    model: Model
+    optimizer: torch.optim.Optimizer
+    observers: nn.ModuleList
+    cfg: RunConfig
+    speed: Speed
+    y: Tensor
+    clean: Tensor | None
+    generators: list[torch.Generator]  # each run's η stream, on the device
+    eta: Tensor | None  # η of the current iteration (None: no perturbation)
+    histories: list[list[dict[str, float]]]
+    diverged_at: list[int | None]
+    last: list[tuple[Tensor, Tensor | None] | None]  # (x, s) of each run's last finite row
+    log_seconds: list[float] = field(default_factory=list)
+    start: int = 0
 
 
-def make_optimizer(model: DeepPrior, cfg: FitConfig) -> torch.optim.Optimizer:
-    """Two parameter groups: θ with lr, (g, h) with lr_c. SGD has no momentum, as in the paper."""
-    groups = [{"params": list(model.net.parameters()), "lr": cfg.lr}]
-    if model.sparse:
-        groups.append({"params": [model.g, model.h], "lr": cfg.lr_c})
-    kernels = optimizer_kernels(cfg.speed)
-    if cfg.alg == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, **kernels)
-    if cfg.alg == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, **kernels)
-    raise ValueError(f"unknown optimizer {cfg.alg!r}: use sgd or adam")
-
-
-def fit(
-    model: DeepPrior,
-    y: Tensor,
-    clean: Tensor,
-    cfg: FitConfig,
-    *,
-    seed: int = 0,
-    state: dict | None = None,
-    checkpoint: Callable[[dict], None] | None = None,
-    progress: bool = True,
-) -> FitResult:
-    """One run: ``fit_batch`` with K = 1 (y and clean of shape (1, C, H, W)). Raises
-    FloatingPointError if the run diverged before logging any finite row."""
+def fit(model: Model, y: Tensor, cfg: RunConfig, *, seed: int = 0, state: dict | None = None,
+        checkpoint: Callable[[dict], None] | None = None, **options) -> FitResult:  # fmt: skip
+    """One run: ``fit_batch`` with K = 1. Raises FloatingPointError if it diverged before
+    logging a finite row."""
     [result] = fit_batch(
-        model, y, clean, cfg, seeds=[seed], states=None if state is None else [state],
-        checkpoint=None if checkpoint is None else lambda states: checkpoint(states[0]),
-        progress=progress,
+        model, y, cfg, seeds=[seed], states=None if state is None else [state],
+        checkpoint=None if checkpoint is None else lambda states: checkpoint(states[0]), **options,
     )  # fmt: skip
     if result.image is None:
         raise FloatingPointError(
@@ -304,133 +187,177 @@ def fit(
 
 
 def fit_batch(
-    model: DeepPrior,
+    model: Model,
     y: Tensor,
-    clean: Tensor,
-    cfg: FitConfig,
+    cfg: RunConfig,
     *,
     seeds: Sequence[int],
+    clean: Tensor | None = None,
+    observers: Sequence[Observer] = (),
     states: Sequence[dict] | None = None,
     checkpoint: Callable[[list[dict | None]], None] | None = None,
     progress: bool = True,
+    speed: Speed | None = None,
 ) -> list[FitResult]:
-    """Run iterations ``state['iteration']`` (or 0) to ``cfg.num_iter`` of gradient descent for
-    the K runs of ``model`` (y, clean: (K, C, H, W); one seed, and one state to resume, per run).
+    """Iterations ``states[k]['iteration']`` (or 0) to ``cfg.num_iter`` of gradient descent for the
+    K runs of ``model`` (y, clean: (K, C, H, W); one seed, and one state to resume, per run).
 
-    Logs (iteration, loss, PSNR of x) of every run at every multiple of ``show_every`` and at the
-    last iteration, where x is the image estimate of that iteration's forward pass (before its
-    step), as in the public code; these rows are the loop's only host-device syncs.
-    ``checkpoint`` receives the K runs' resumable states (each the state of a single run, None for
-    a diverged run) every ``save_every`` iterations and at the end; passing such states back
-    continues the runs exactly (same η streams, same optimizer state), batched or one by one. A
-    run whose loss or image becomes NaN or infinite stops being logged, with ``diverged_at`` set;
-    the loop stops when every run has.
+    Logs every run's loss, observers' columns and (with ``clean``) metrics at every multiple of
+    ``show_every`` and at the last iteration, for x of that iteration's forward pass (before its
+    step), as the public code does; these rows are the loop's only host-device syncs.
+    ``checkpoint`` receives the K runs' states (each a single run's; None for a diverged run)
+    every ``save_every`` iterations and at the end; passing them back continues the runs exactly,
+    batched or one by one. A run whose loss becomes NaN or infinite stops being logged
+    (``diverged_at``); the loop stops when every run has.
     """
-    runs, device = model.runs, y.device
-    if y.shape[0] != runs or clean.shape != y.shape or len(seeds) != runs:
-        raise ValueError(f"{runs} runs need y, clean of shape ({runs}, C, H, W) and {runs} seeds")
-    speed = cfg.speed
-    if speed.channels_last:  # the net only: z, η, g, h keep their layout, so η's draws do too
-        model.net.to(memory_format=torch.channels_last)
-    forward = torch.compile(model) if speed.compile else model
-    loss_fn = LOSSES[cfg.loss]
-    optimizer = make_optimizer(model, cfg)
-    # Each run's η has its own generator on the device, seeded by the run's seed: a run draws
-    # the same η batched or alone, and its generator state is all a resumed run needs.
-    generators = [torch.Generator(device).manual_seed(seed) for seed in seeds]
-    eta = torch.empty_like(model.z)
-    start, histories = 0, [[] for _ in range(runs)]
-    if states is not None:
-        if len({s["iteration"] for s in states}) != 1:
-            raise ValueError("runs resumed in one batch must be at the same iteration")
-        model.load_state_dict(stack_states([s["model"] for s in states]))
-        optimizer_state = stack_states([s["optimizer"] for s in states])
-        # This call's kernels, not the checkpoint's: set before loading, because loading decides
-        # from them where Adam keeps its step counters (on the device only for fused kernels).
-        kernels = {"foreach": None, "fused": None} | optimizer_kernels(speed)
-        optimizer_state["param_groups"] = [g | kernels for g in optimizer_state["param_groups"]]
-        optimizer.load_state_dict(optimizer_state)
-        for generator, s in zip(generators, states, strict=True):
-            generator.set_state(s["generator"])
-        start = states[0]["iteration"]
-        histories = [[tuple(row) for row in s["history"]] for s in states]
-    diverged_at: list[int | None] = [None] * runs
-
-    def snapshot(iteration: int) -> list[dict | None]:
-        models = unstack_state(model.state_dict(), runs)
-        optimizers = unstack_state(optimizer.state_dict(), runs)
-        # A run whose state is no longer finite keeps its last good checkpoint: its divergence
-        # may not have been logged yet (the state is saved before the iteration's logged row).
-        return [
-            None
-            if diverged_at[k] is not None
-            or not is_finite(models[k])
-            or not is_finite(optimizers[k])
-            else {
-                "iteration": iteration,
-                "model": models[k],
-                "optimizer": optimizers[k],
-                "generator": generators[k].get_state(),
-                # Rows on the show_every grid only: a final off-grid row is redone if it goes on.
-                "history": [row for row in histories[k] if row[0] % cfg.show_every == 0],
-            }
-            for k in range(runs)
-        ]
-
+    loop = start_loop(model, y, cfg, seeds, clean, observers, states, speed)
+    forward = torch.compile(model) if loop.speed.compile else model
     model.train()  # BatchNorm uses the statistics of the current image, always
-    last_x: list[Tensor | None] = [None] * runs
-    last_sparse: list[Tensor | None] = [None] * runs
-    log_seconds: list[float] = []
-    j = start
-    t0 = time.perf_counter()
-    bar = tqdm(total=cfg.num_iter, initial=start, disable=not progress, dynamic_ncols=True)
-    for j in range(start, cfg.num_iter):
-        if checkpoint is not None and j > start and j % cfg.save_every == 0:
-            checkpoint(snapshot(j))
-        for k, generator in enumerate(generators):
-            eta[k].normal_(0.0, cfg.reg_noise_std, generator=generator)
-        with torch.autocast(device.type, torch.bfloat16, enabled=speed.bf16):
-            x, prediction = forward(eta)
-        losses = loss_fn(prediction.float(), y)
-        if j % cfg.show_every == 0 or j == cfg.num_iter - 1:
-            values = torch.stack([losses.detach().double(), psnr(x, clean, dim=(1, 2, 3))])
-            loss_values, psnr_values = values.tolist()
-            log_seconds.append(time.perf_counter() - t0)
-            sparse = model.sparse_estimate().detach() if model.sparse else None
-            for k in range(runs):
-                if diverged_at[k] is not None:
-                    continue
-                if not np.isfinite(loss_values[k]) or np.isnan(psnr_values[k]):
-                    diverged_at[k] = j
-                    continue
-                histories[k].append((j, loss_values[k], psnr_values[k]))
-                last_x[k] = x[k].detach().float().clone()
-                last_sparse[k] = None if sparse is None else sparse[k].clone()
-            if all(d is not None for d in diverged_at):
-                break
-            bar.set_postfix(loss=f"{np.nanmean(loss_values):.3g}",
-                            psnr=f"{np.nanmean(psnr_values):.2f}", refresh=False)  # fmt: skip
-        optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()  # run k's parameters get the gradient of run k's loss alone
-        optimizer.step()
-        bar.update()
+    bar = tqdm(total=cfg.num_iter, initial=loop.start, disable=not progress, dynamic_ncols=True)
+    t0, j = time.perf_counter(), loop.start
+    with precision(loop.speed):
+        for j in range(loop.start, cfg.num_iter):
+            if checkpoint is not None and j > loop.start and j % cfg.save_every == 0:
+                checkpoint(snapshot(loop, j))
+            x, losses = evaluate(loop, forward)
+            for observer in loop.observers:
+                observer.update(j, x)
+            if j % cfg.show_every == 0 or j == cfg.num_iter - 1:
+                log_row(loop, j, x, losses, time.perf_counter() - t0, bar)
+                if all(d is not None for d in loop.diverged_at):
+                    break
+            loop.optimizer.zero_grad(set_to_none=True)
+            losses.sum().backward()  # run k's parameters get the gradient of run k's loss alone
+            loop.optimizer.step()
+            bar.update()
     bar.close()
     seconds = time.perf_counter() - t0
-    done = j if all(d is not None for d in diverged_at) else cfg.num_iter
+    done = j if all(d is not None for d in loop.diverged_at) else cfg.num_iter
     if checkpoint is not None and done == cfg.num_iter:
-        checkpoint(snapshot(done))
-    results = []
+        checkpoint(snapshot(loop, done))
+    return results(loop, done, seconds)
+
+
+def start_loop(
+    model: Model,
+    y: Tensor,
+    cfg: RunConfig,
+    seeds: Sequence[int],
+    clean: Tensor | None,
+    observers: Sequence[Observer],
+    states: Sequence[dict] | None,
+    speed: Speed | None,
+) -> Loop:
+    """The loop's state for a new batch, or for one resumed from ``states``."""
+    runs, device = model.runs, y.device
+    if y.shape[0] != runs or len(seeds) != runs or (clean is not None and clean.shape[0] != runs):
+        raise ValueError(f"{runs} runs need y (and clean) with {runs} rows and {runs} seeds")
+    cfg = cfg.with_defaults(type(model.prior).defaults)
+    speed = speed or Speed.of(cfg.fast, device)
+    if speed.channels_last:  # the prior's activations; η is drawn in the standard layout
+        model.prior.to(memory_format=torch.channels_last)
+    std = cfg.reg_noise_std
+    loop = Loop(
+        model=model, optimizer=make_optimizer(model, cfg, speed),
+        observers=nn.ModuleList(observers).to(device), cfg=cfg, speed=speed, y=y, clean=clean,
+        generators=[torch.Generator(device).manual_seed(derive_seed(s, "eta")) for s in seeds],
+        eta=torch.empty(model.prior.input.shape, device=device, dtype=model.prior.input.dtype)
+        if std > 0 else None,
+        histories=[[] for _ in range(runs)], diverged_at=[None] * runs, last=[None] * runs,
+    )  # fmt: skip
+    if states is not None:
+        restore(loop, states)
+    return loop
+
+
+def restore(loop: Loop, states: Sequence[dict]) -> None:
+    """Load K single-run states into the batch (same iteration for all)."""
+    if len({s["iteration"] for s in states}) != 1:
+        raise ValueError("runs resumed in one batch must be at the same iteration")
+    loop.model.load_state_dict(stack_states([s["model"] for s in states]))
+    loop.observers.load_state_dict(stack_states([s["observers"] for s in states]))
+    optimizer_state = stack_states([s["optimizer"] for s in states])
+    # This call's kernels, not the checkpoint's: set before loading, because loading decides
+    # from them where Adam keeps its step counters (on the device only for fused kernels).
+    kernels = {"foreach": None, "fused": None} | loop.speed.optimizer_kernels()
+    optimizer_state["param_groups"] = [g | kernels for g in optimizer_state["param_groups"]]
+    loop.optimizer.load_state_dict(optimizer_state)
+    for generator, state in zip(loop.generators, states, strict=True):
+        generator.set_state(state["generator"])
+    loop.histories = [[dict(row) for row in s["history"]] for s in states]
+    loop.start = states[0]["iteration"]
+
+
+def evaluate(loop: Loop, forward: Callable) -> tuple[Tensor, Tensor]:
+    """One forward pass: the K image estimates x (detached, in y's dtype) and the K losses."""
+    if loop.eta is not None:
+        for k, generator in enumerate(loop.generators):
+            loop.eta[k].normal_(0.0, loop.cfg.reg_noise_std, generator=generator)
+    with torch.autocast(loop.y.device.type, torch.bfloat16, enabled=loop.speed.bf16):
+        x, prediction = forward(loop.eta)
+    losses = LOSSES[loop.cfg.loss](prediction.to(loop.y.dtype) - loop.y)  # fp32 under bf16
+    return x.detach().to(loop.y.dtype), losses
+
+
+def log_row(loop: Loop, j: int, x: Tensor, losses: Tensor, seconds: float, bar: tqdm) -> None:
+    """Append row j to every live run's history, with one host sync for the whole row; a run
+    whose loss is not finite (or a value NaN) is marked diverged instead."""
+    columns = {"loss": losses.detach()}
+    for observer in loop.observers:
+        columns |= observer.columns()
+    if loop.clean is not None:
+        columns |= {name: metric(x, loop.clean) for name, metric in METRICS.items()}
+    values = torch.stack([v.double() for v in columns.values()]).tolist()
+    loop.log_seconds.append(seconds)
+    sparse = None if loop.model.sparse is None else loop.model.sparse().detach()
+    for k, history in enumerate(loop.histories):
+        if loop.diverged_at[k] is not None:
+            continue
+        row = {"iteration": j} | {name: v[k] for name, v in zip(columns, values, strict=True)}
+        if not math.isfinite(row["loss"]) or any(math.isnan(v) for v in row.values()):
+            loop.diverged_at[k] = j
+            continue
+        history.append(row)
+        loop.last[k] = (x[k].clone(), None if sparse is None else sparse[k].clone())
+    live = [k for k, d in enumerate(loop.diverged_at) if d is None]
+    if live:  # the bar shows the mean over the live runs
+        shown = {
+            name: np.mean([v[k] for k in live]) for name, v in zip(columns, values, strict=True)
+        }
+        bar.set_postfix({name: f"{v:.4g}" for name, v in shown.items()}, refresh=False)
+
+
+def snapshot(loop: Loop, iteration: int) -> list[dict | None]:
+    """Each run's resumable state (None for a run that diverged or is no longer finite: its
+    divergence may not be logged yet, and its last good checkpoint must be kept)."""
+    runs = loop.model.runs
+    models = unstack_state(loop.model.state_dict(), runs)
+    optimizers = unstack_state(loop.optimizer.state_dict(), runs)
+    observers = unstack_state(loop.observers.state_dict(), runs)
+    states: list[dict | None] = []
     for k in range(runs):
-        results.append(
-            FitResult(
-                history=histories[k],
-                image=None if last_x[k] is None else last_x[k].cpu().numpy(),
-                sparse=None if last_sparse[k] is None else last_sparse[k].cpu().numpy(),
-                iterations=done if diverged_at[k] is None else diverged_at[k],
-                seconds=seconds,
-                steps=done - start,
-                diverged_at=diverged_at[k],
-                log_seconds=log_seconds,
-            )
-        )
-    return results
+        finite = is_finite(models[k]) and is_finite(optimizers[k]) and is_finite(observers[k])
+        if loop.diverged_at[k] is not None or not finite:
+            states.append(None)
+            continue
+        states.append({
+            "iteration": iteration, "model": models[k], "optimizer": optimizers[k],
+            "observers": observers[k], "generator": loop.generators[k].get_state(),
+            # Rows on the show_every grid only: a final off-grid row is redone if it goes on.
+            "history": [r for r in loop.histories[k] if r["iteration"] % loop.cfg.show_every == 0],
+        })  # fmt: skip
+    return states
+
+
+def results(loop: Loop, done: int, seconds: float) -> list[FitResult]:
+    out = []
+    for k, history in enumerate(loop.histories):
+        x, s = loop.last[k] or (None, None)
+        out.append(FitResult(
+            history=history, image=None if x is None else x.cpu().numpy(),
+            sparse=None if s is None else s.cpu().numpy(),
+            iterations=done if loop.diverged_at[k] is None else loop.diverged_at[k],
+            seconds=seconds, steps=done - loop.start, diverged_at=loop.diverged_at[k],
+            log_seconds=loop.log_seconds,
+        ))  # fmt: skip
+    return out

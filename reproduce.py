@@ -1,13 +1,15 @@
 """Reproduce the paper's figures: run what is missing, then draw the figures and the table.
 
     python reproduce.py fig3                      # Figure 3 at the paper's scale (GPU, hours)
-    python reproduce.py --quick all               # every figure, small crops (2-core CPU, minutes)
+    python reproduce.py --quick all               # the paper's figures, small crops (CPU, minutes)
+    python reproduce.py --quick lrc --batch 8     # the lr_c sweep
     python reproduce.py fig5 --jobs 4 --gpu 0,1   # 4 runs at a time over two GPUs
     python reproduce.py fig4 --fast --batch 8     # the fast path, up to 8 runs in one loop
 
 The runs are listed in experiments.py. A finished run is reused, a killed run is resumed from its
-last checkpoint (denoising.py --resume), a run with no checkpoint is started afresh. Outputs go to
---out_dir (checkpoints/full or checkpoints/quick), figures to figs/, tables to docs/.
+last checkpoint (denoising.py --resume), a run with no checkpoint is started afresh; a run whose
+saved settings differ from the set's is refused. Outputs go to --out_dir (checkpoints/full or
+checkpoints/quick), figures to figs/, tables to docs/.
 """
 
 from __future__ import annotations
@@ -23,39 +25,43 @@ from pathlib import Path
 import denoising
 import plot
 from experiments import FIGURE_NAMES, PROFILES, Case, Profile, Run, check_names, figure_runs
+from utils import InputError
+from utils.config import parse
+from utils.images import DEFAULT_DATA_DIR
+from utils.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent
 
 
 def run_state(run: Run, profile: Profile, out_dir: Path) -> str:
-    """What to do with a run: "reuse" (finished or diverged), "resume", or "start"."""
-    ckpt = run.ckpt(profile)
-    config = plot.read_config(out_dir, ckpt)
-    if config is not None:
-        done = config["status"] == "finished" and config["iterations_done"] == config["num_iter"]
-        wanted = config["num_iter"] == profile.num_iter(run.num_iter)
-        if config["status"] == "diverged" or (done and wanted):
+    """What to do with a run: "reuse" (finished or diverged), "resume", or "start". InputError
+    when the folder holds a run of that name made with other settings."""
+    rundir = RunDir(out_dir, run.ckpt(profile))
+    record = rundir.config()
+    if record is not None:
+        wanted = parse(run.args(profile)).with_defaults().defining()
+        for key, value in wanted.items():
+            if record["settings"].get(key) != value:
+                raise InputError(
+                    f"{rundir.path('config')} was made with {key}={record['settings'].get(key)!r}, "
+                    f"not {value!r}; delete the run's files or choose another --out_dir"
+                )
+        report = record["report"]
+        done = report["iterations_done"] == profile.num_iter(run.num_iter)
+        if report["status"] == "diverged" or (report["status"] == "finished" and done):
             return "reuse"
-    return "resume" if (out_dir / f"{ckpt}_state.pt").is_file() else "start"
+    return "resume" if rundir.path("state").is_file() else "start"
 
 
-def run_argv(
-    run: Run,
-    profile: Profile,
-    action: str,
-    out_dir: Path,
-    data_dir: Path,
-    device: str,
-    gpu: str,
-    fast: bool = False,
-) -> list[str]:
+def run_argv(run: Run, profile: Profile, action: str, out_dir: Path, data_dir: Path,
+             gpu: str | None, fast: bool = False) -> list[str]:  # fmt: skip
     """The denoising.py arguments for ``run``; a start over leftovers of a killed run overwrites."""
     argv = run.args(profile) + ["--out_dir", str(out_dir.resolve())]
     argv += ["--data_dir", str(data_dir.resolve())]  # absolute: subprocesses run in ROOT
-    argv += ["--device", device, "--gpu", gpu] + (["--fast"] if fast else [])
+    argv += ([] if gpu is None else ["--gpu", gpu]) + (["--fast"] if fast else [])
     if action == "resume":
         argv.append("--resume")
-    elif list(out_dir.glob(f"{run.ckpt(profile)}_*")):  # killed before its first checkpoint
+    elif RunDir(out_dir, run.ckpt(profile)).existing():  # killed before its first checkpoint
         argv.append("--overwrite")
     return argv
 
@@ -74,14 +80,14 @@ def run_all(
     profile: Profile,
     out_dir: Path,
     data_dir: Path,
-    device: str = "auto",
+    gpus: tuple[str, ...] | None = None,
     jobs: int = 1,
-    gpus: tuple[str, ...] = ("0",),
     fast: bool = False,
     batch: int = 1,
 ) -> dict[str, list[str]]:
     """Run the missing runs: in this process one by one (jobs = 1), ``jobs`` subprocesses at a
-    time, or (batch > 1) in this process with up to ``batch`` compatible runs sharing one loop
+    time spread over ``gpus`` (None: denoising.py's default device; ("cpu",): the CPU), or
+    (batch > 1) in this process with up to ``batch`` compatible runs sharing one loop
     (``denoising.run_batch``, on the first of ``gpus``).
 
     Returns the checkpoint names by outcome: reused, resumed, started, failed.
@@ -90,12 +96,18 @@ def run_all(
     outcome: dict[str, list[str]] = {"reused": [], "resumed": [], "started": [], "failed": []}
     todo = []
     for run in runs:
-        action = run_state(run, profile, out_dir)
+        try:
+            action = run_state(run, profile, out_dir)
+        except InputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            outcome["failed"].append(run.ckpt(profile))
+            continue
         if action == "reuse":
             outcome["reused"].append(run.ckpt(profile))
         else:
             todo.append((run, action))
     threads = max(1, (os.cpu_count() or 1) // jobs)  # per subprocess, unless OMP_NUM_THREADS
+    gpu_of = lambda index: None if gpus is None else gpus[index % len(gpus)]  # noqa: E731
 
     def record(run: Run, action: str, code: int) -> None:
         if code == 130:  # a run was interrupted (Ctrl-C): stop the whole set
@@ -105,15 +117,13 @@ def run_all(
 
     def one(index: int) -> None:
         run, action = todo[index]
-        gpu = gpus[index % len(gpus)]
-        argv = run_argv(run, profile, action, out_dir, data_dir, device, gpu, fast)
-        ckpt = run.ckpt(profile)
-        print(f"[{index + 1}/{len(todo)}] {action} {ckpt}", flush=True)
-        log = out_dir / f"{ckpt}.log"
+        argv = run_argv(run, profile, action, out_dir, data_dir, gpu_of(index), fast)
+        print(f"[{index + 1}/{len(todo)}] {action} {run.ckpt(profile)}", flush=True)
+        log = RunDir(out_dir, run.ckpt(profile)).log
         record(run, action, denoising.main(argv) if jobs == 1 else launch(argv, log, threads))
 
     if batch > 1:
-        argvs = [run_argv(r, profile, a, out_dir, data_dir, device, gpus[0], fast) for r, a in todo]
+        argvs = [run_argv(r, profile, a, out_dir, data_dir, gpu_of(0), fast) for r, a in todo]
         for (run, action), code in zip(todo, denoising.run_batch(argvs, batch), strict=True):
             record(run, action, code)
     elif jobs == 1:
@@ -130,36 +140,37 @@ def reproduce(
     profile: Profile,
     out_dir: Path,
     data_dir: Path,
-    figs_dir: Path = Path("figs"),
-    table_dir: Path = Path("docs"),
-    device: str = "auto",
+    figs_dir: Path = ROOT / "figs",
+    table_dir: Path = ROOT / "docs",
+    *,
+    gpus: tuple[str, ...] | None = None,
     jobs: int = 1,
-    gpus: tuple[str, ...] = ("0",),
-    cases: dict[str, tuple[Case, ...]] | None = None,
     fast: bool = False,
     batch: int = 1,
+    cases: dict[str, tuple[Case, ...]] | None = None,
 ) -> tuple[dict[str, list[str]], list[Path]]:
     """Run the runs of the named figures that are missing, then draw them and write the table.
 
     ``profile`` and ``cases`` may be shrunk (tests do); returns the outcome and the files written.
     """
     runs = figure_runs(names, cases)
-    outcome = run_all(runs, profile, out_dir, data_dir, device, jobs, gpus, fast, batch)
+    outcome = run_all(runs, profile, out_dir, data_dir, gpus, jobs, fast, batch)
     files = plot.draw(names, profile, out_dir, figs_dir, table_dir, cases)
     return outcome, files
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("figures", nargs="+", help=f"all, {', '.join(FIGURE_NAMES)}")
+    p.add_argument("figures", nargs="+", help=f"all (the paper's), {', '.join(FIGURE_NAMES)}")
     p.add_argument("--quick", action="store_true", help="the quick profile (64x64 crops, width/8)")
     p.add_argument("--out_dir", type=Path, default=None, help="default: checkpoints/PROFILE")
-    p.add_argument("--data_dir", type=Path, default=denoising.DEFAULT_DATA_DIR)
+    p.add_argument("--data_dir", type=Path, default=DEFAULT_DATA_DIR)
     p.add_argument("--figs_dir", type=Path, default=ROOT / "figs")
     p.add_argument("--table_dir", type=Path, default=ROOT / "docs")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (subprocesses when > 1)")
-    p.add_argument("--gpu", default="0", help="GPU indices to spread runs over, e.g. 0,1")
+    p.add_argument("--gpu", default=None,
+                   help="cpu, or GPU indices to spread runs over, e.g. 0,1 (default: "
+                        "denoising.py's: GPU 0 when there is one, else the CPU)")  # fmt: skip
     p.add_argument("--fast", action="store_true", help="denoising.py --fast for every run")
     p.add_argument(
         "--batch",
@@ -178,9 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError as err:
         print(f"error: {err.args[0]}", file=sys.stderr)
         return 2
-    gpus = tuple(g.strip() for g in args.gpu.split(","))
-    if args.jobs < 1 or args.batch < 1 or not all(g.isdigit() for g in gpus):
-        print("error: --jobs and --batch must be >= 1, --gpu indices like 0,1", file=sys.stderr)
+    gpus = None if args.gpu is None else tuple(g.strip() for g in args.gpu.split(","))
+    if args.jobs < 1 or args.batch < 1 or not (gpus is None or gpus == ("cpu",)
+                                                 or all(g.isdigit() for g in gpus)):  # fmt: skip
+        print("error: --jobs and --batch must be >= 1, --gpu cpu or indices like 0,1",
+              file=sys.stderr)  # fmt: skip
         return 2
     if args.jobs > 1 and args.batch > 1:
         print("error: --jobs and --batch exclude each other", file=sys.stderr)
@@ -191,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         outcome, files = reproduce(
             args.figures, profile, out_dir, args.data_dir, args.figs_dir, args.table_dir,
-            args.device, args.jobs, gpus, fast=args.fast, batch=args.batch,
+            gpus=gpus, jobs=args.jobs, fast=args.fast, batch=args.batch,
         )  # fmt: skip
     except KeyboardInterrupt:
         print("\ninterrupted: the same command reuses finished runs and resumes the others from "

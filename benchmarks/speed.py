@@ -3,10 +3,10 @@
     python benchmarks/speed.py                  # GPU: 512x512, width 128; CPU: 128x128, width 32
     python benchmarks/speed.py --ablate --batch 4  # + each fast option alone, 4 runs batched
 
-Both paths run the same loop (recovery.fit) on the same noisy image from the same seed, for the
-same number of iterations; the faithful path is the public code's recipe (fp32, eager), the fast
-path is what ``denoising.py --fast`` turns on for the device. The rate is measured between the
-first and the last logged row (the first ``iters / 10`` iterations, with torch.compile's
+Both paths run the same loop (recovery.fit_batch) on the same noisy image from the same seed,
+for the same number of iterations; the faithful path is the public code's recipe (fp32, eager),
+the fast path is what ``denoising.py --fast`` turns on for the device. The rate is measured
+between the first and the last logged row (the first ``iters / 10`` iterations, with torch.compile's
 compilation and cuDNN's autotuning, are warm-up); the paths alternate over ``--repeats`` rounds,
 and the median rate of each is reported with the last-iterate PSNR. ``--batch K`` also runs K
 runs (seeds seed..seed+K-1) one after another and then batched in one loop, both on the fast path,
@@ -17,45 +17,40 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from denoising import SCALES  # noqa: E402
-from models import min_input_size  # noqa: E402
-from recovery import (  # noqa: E402  (after the path to the repository root is set)
-    FitConfig,
-    FitResult,
-    Speed,
-    build_model,
-    fit,
-    fit_batch,
-    stack_models,
-)
+from denoising import pick_device  # noqa: E402  (after the path to the repository root is set)
+from models.skip import SCALES, min_input_size  # noqa: E402
+from recovery import FitResult, Speed, build_model, fit_batch  # noqa: E402
 from utils import InputError  # noqa: E402
+from utils.config import RunConfig  # noqa: E402
 from utils.images import centre_crop, resolve_image  # noqa: E402
 from utils.noise import salt_and_pepper  # noqa: E402
+from utils.seeding import derive_seed  # noqa: E402
 
 SHARED_IMAGES = ROOT.parent / "shared" / "data" / "denoising"
-ABLATIONS = ("channels_last", "bf16", "compile", "foreach", "fused")
+ABLATIONS = ("channels_last", "bf16", "compile", "foreach", "fused", "tf32")
+VARIANTS = {"dop": ("dop", "l2"), "dip": ("dip", "l2"), "dip-l1": ("dip", "l1")}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--gpu", default=None, help="cpu or a GPU index (default: GPU 0 if any)")
     p.add_argument("--image", default="F16", help="paper image, path or scikit-image name")
     p.add_argument("--data_dir", type=Path, default=SHARED_IMAGES)
     p.add_argument("--size", type=int, default=None, help="centre crop (GPU 512, CPU 128)")
     p.add_argument("--width", type=int, default=None, help="net width (GPU 128, CPU 32)")
     p.add_argument("--iters", type=int, default=None, help="iterations per run (GPU 5000, CPU 300)")
     p.add_argument("--nlevel", type=float, default=0.5)
-    p.add_argument("--method", default="dop", choices=["dop", "dip", "dip-l1"])
+    p.add_argument("--method", default="dop", choices=sorted(VARIANTS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=1, help="alternating rounds of all paths")
     p.add_argument("--ablate", action="store_true", help="also faithful + each speed option alone")
@@ -65,73 +60,63 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def steady_rate(result: FitResult) -> float:
     """Iterations per second between the first logged row after warm-up and the last row."""
-    (i0, *_), (i1, *_) = result.history[1], result.history[-1]
+    i0, i1 = result.history[1]["iteration"], result.history[-1]["iteration"]
     return (i1 - i0) / (result.log_seconds[-1] - result.log_seconds[1])
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         return compare(parse_args(argv))
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except FloatingPointError as err:  # a rate or a PSNR of a diverged run would mean nothing
         print(f"error: {err}", file=sys.stderr)
         return 1
 
 
 def compare(args: argparse.Namespace) -> int:
-    gpu = args.device != "cpu" and torch.cuda.is_available()
-    device = torch.device("cuda" if gpu else "cpu")
+    device, name = pick_device(args.gpu)
+    gpu = device.type == "cuda"
     size = args.size or (512 if gpu else 128)
     width = args.width or (128 if gpu else 32)
     iters = args.iters or (5000 if gpu else 300)
     if iters < 3 or args.repeats < 1 or args.batch < 0 or size < min_input_size(SCALES):
-        print(f"error: --iters must be >= 3, --repeats >= 1, --batch >= 0, "
-              f"--size >= {min_input_size(SCALES)}", file=sys.stderr)  # fmt: skip
-        return 2
-    if args.device == "cuda" and not gpu:
-        print("error: --device cuda, but torch sees no CUDA GPU here", file=sys.stderr)
-        return 2
+        raise InputError(f"--iters must be >= 3, --repeats >= 1, --batch >= 0, "
+                         f"--size >= {min_input_size(SCALES)}")  # fmt: skip
     try:
         pixels = resolve_image(args.image, args.data_dir).pixels
     except InputError as err:  # the paper images are not at hand: scikit-image's astronaut
         print(f"note: {err}; using scikit-image's astronaut", file=sys.stderr)
         pixels = resolve_image("astronaut").pixels
     if size > min(pixels.shape[1:]):
-        print(f"error: --size {size} exceeds the image {pixels.shape[1:]}", file=sys.stderr)
-        return 2
+        raise InputError(f"--size {size} exceeds the image {pixels.shape[1:]}")
     clean_np = centre_crop(pixels, size, size)
-    sparse = args.method == "dop"
-    if gpu:
-        torch.backends.cudnn.benchmark = True
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    base = FitConfig(
-        loss="l1" if args.method == "dip-l1" else "l2",
-        num_iter=iters,
-        show_every=max(1, iters // 10),
-        save_every=iters,
-    )
+    method, loss = VARIANTS[args.method]
+    cfg = RunConfig(method=method, loss=loss, width=width, num_iter=iters,
+                    show_every=max(1, iters // 10), save_every=iters)  # fmt: skip
 
-    def data(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        noisy = salt_and_pepper(clean_np, args.nlevel, seed).noisy
-        return torch.from_numpy(noisy)[None].to(device), torch.from_numpy(clean_np)[None].to(device)
+    def data(seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        noisy = [
+            salt_and_pepper(clean_np, args.nlevel, derive_seed(s, "noise")).noisy for s in seeds
+        ]
+        clean = torch.from_numpy(clean_np)[None].expand(len(seeds), -1, -1, -1)
+        return torch.from_numpy(np.stack(noisy)).to(device), clean.to(device)
 
-    def model(seed: int):
-        return build_model(clean_np.shape, sparse=sparse, width=width, seed=seed).to(device)
+    def run(speed: Speed, seeds: list[int]) -> list[FitResult]:
+        y, clean = data(seeds)
+        model = build_model(cfg, clean_np.shape, seeds).to(device)
+        results = fit_batch(model, y, cfg, seeds=seeds, clean=clean, speed=speed, progress=False)
+        return [finite(result) for result in results]
 
-    def run(speed: Speed, seed: int) -> FitResult:
-        y, clean = data(seed)
-        cfg = dataclasses.replace(base, speed=speed)
-        return finite(fit(model(seed), y, clean, cfg, seed=seed, progress=False))
-
-    fast = Speed.fast(device)
+    fast = Speed.of(True, device)
     paths = {"faithful": Speed(), "fast": fast}
     if args.ablate:  # each option alone, those the fast path leaves off here included
         for option in ABLATIONS:
             paths[f"faithful + {option}"] = dataclasses.replace(Speed(), **{option: True})
-    n_params = sum(p.numel() for p in model(args.seed).net.parameters())
+    n_params = sum(p.numel() for p in build_model(cfg, clean_np.shape, [0]).prior.trainable())
     print(
-        f"device: {device} ({name}), torch {torch.__version__}; {args.image} {size}x{size}, "
+        f"device: {name}, torch {torch.__version__}; {args.image} {size}x{size}, "
         f"nlevel {args.nlevel}, {args.method} width {width} ({n_params / 1e6:.2f}M parameters), "
         f"{iters} iterations, seed {args.seed}, {args.repeats} round(s)",
         flush=True,
@@ -141,27 +126,21 @@ def compare(args: argparse.Namespace) -> int:
     final: dict[str, float] = {}
     for _ in range(args.repeats):
         for label, speed in paths.items():
-            result = run(speed, args.seed)
+            [result] = run(speed, [args.seed])
             rates[label].append(steady_rate(result))
-            final[label] = result.history[-1][2]
+            final[label] = result.history[-1]["psnr"]
     print(f"{'path':<28} {'it/s':>9}  final PSNR (dB, last iterate)")
     for label in paths:
         print(f"{label:<28} {statistics.median(rates[label]):>9.2f}  {final[label]:.2f}")
 
     if args.batch:
         seeds = list(range(args.seed, args.seed + args.batch))
-        one_by_one = [run(fast, seed) for seed in seeds]
+        one_by_one = [run(fast, [seed])[0] for seed in seeds]
         sequential = len(seeds) / sum(1 / steady_rate(r) for r in one_by_one)
-        ys, cleans = zip(*(data(seed) for seed in seeds), strict=True)
-        cfg = dataclasses.replace(base, speed=fast)
-        results = fit_batch(
-            stack_models([model(seed) for seed in seeds]), torch.cat(ys), torch.cat(cleans), cfg,
-            seeds=seeds, progress=False,
-        )  # fmt: skip
-        together = [finite(result) for result in results]
+        together = run(fast, seeds)
         batched = len(seeds) * steady_rate(together[0])
         gap = max(
-            abs(a[2] - b[2])
+            abs(a["psnr"] - b["psnr"])
             for r, t in zip(one_by_one, together, strict=True)
             for a, b in zip(r.history, t.history, strict=True)
         )

@@ -1,5 +1,9 @@
-"""Networks: the DIP skip net that DOP, DIP and DIP-L1 share."""
+"""Priors: generators of the image estimate (see models/prior.py for what a prior defines)."""
 
-from models.skip import SkipNet, min_input_size
+from models.prior import Prior
+from models.skip import SkipNet, SkipPrior, min_input_size
+from models.sparse import SparseTerm
 
-__all__ = ["SkipNet", "min_input_size"]
+PRIORS: dict[str, type[Prior]] = {"skip": SkipPrior}
+
+__all__ = ["PRIORS", "Prior", "SkipNet", "SkipPrior", "SparseTerm", "min_input_size"]

@@ -16,7 +16,7 @@ BatchNorm is used in training mode throughout (the statistics of the one image a
 BatchNorm has K times the channels, and channel k·C..(k+1)·C-1 of every layer belongs to net k.
 BatchNorm statistics are per channel, so each net still normalises by the statistics of its own
 image, and a K-group net computes exactly what K separate nets compute (tested); its parameters
-are the K nets' parameters concatenated along dimension 0 (``recovery.stack_states``).
+are the K nets' parameters concatenated along dimension 0 (``utils.state.stack_states``).
 
 The network maps an H x W input to an H x W output for any H, W >= ``min_input_size(scales)``:
 where a downsampled size is odd, the upsampled branch is one pixel larger than the skip branch
@@ -25,8 +25,18 @@ and is centre-cropped to it before the concat, as in the original code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
+
+from models.prior import Prior
+from utils.seeding import derive_seed
+from utils.state import stack_states
+
+SCALES = 5  # the public code's depth: image sides are cropped to multiples of 2**SCALES = 32
+INPUT_DEPTH = 32  # channels of the fixed input z
+INPUT_SCALE = 0.1  # z ~ uniform[0, 0.1)
 
 
 def min_input_size(scales: int) -> int:
@@ -107,10 +117,10 @@ class SkipNet(nn.Module):
 
     def __init__(
         self,
-        in_channels: int = 32,
+        in_channels: int = INPUT_DEPTH,
         out_channels: int = 3,
         width: int = 128,
-        scales: int = 5,
+        scales: int = SCALES,
         skip: int = 4,
         groups: int = 1,
     ) -> None:
@@ -118,8 +128,6 @@ class SkipNet(nn.Module):
         if min(width, scales, in_channels, out_channels, groups) < 1 or skip < 0:
             raise ValueError(f"bad SkipNet size: {width=} {scales=} {skip=} {groups=}")
         self.scales, self.groups = scales, groups
-        self.sizes = {"in_channels": in_channels, "out_channels": out_channels, "width": width,
-                      "scales": scales, "skip": skip}  # fmt: skip
         inner = None
         for i in reversed(range(scales)):
             inner = _Scale(in_channels if i == 0 else width, width, skip, inner, groups)
@@ -128,3 +136,64 @@ class SkipNet(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return self.head(self.body(z))
+
+
+class SkipPrior(Prior):
+    """The Deep Image Prior as DOP's public code runs it: x = f(θ; z + η), f the skip net above,
+    z ~ uniform[0, 0.1) with 32 channels, fixed, η ~ N(0, (1/30)²) drawn at every iteration; every
+    weight of the net is trained; SGD with lr 1 (DOP's defaults; DIP's notebook uses Adam 0.01).
+
+    The net may run on a canvas larger than the image (``pad``: the sides rounded up to a
+    multiple of 2**scales); its output is centre-cropped back, so the loss sees exactly the
+    image's pixels. K seeds make K runs: one grouped net (K groups), z of shape (K, 32, H, W).
+    """
+
+    defaults = {"alg": "sgd", "lr": 1.0, "reg_noise_std": 1.0 / 30.0}
+    multiple = 2**SCALES
+
+    def __init__(
+        self,
+        image_shape: Sequence[int],
+        *,
+        width: int = 128,
+        seeds: Sequence[int] = (0,),
+        pad: bool = False,
+        scales: int = SCALES,
+        skip: int = 4,
+    ) -> None:
+        super().__init__()
+        channels, h, w = image_shape
+        self.image_size = (h, w)
+        step, least = 2**scales, min_input_size(scales)
+        canvas = [max(least, -(-s // step) * step) for s in (h, w)] if pad else [h, w]
+        sizes = dict(in_channels=INPUT_DEPTH, out_channels=channels, width=width, scales=scales,
+                     skip=skip)  # fmt: skip
+        nets = []
+        for seed in seeds:
+            with torch.random.fork_rng(devices=[]):  # the global stream is left as it was
+                torch.manual_seed(derive_seed(seed, "weights"))
+                nets.append(SkipNet(**sizes))
+        if len(nets) == 1:
+            self.net = nets[0]
+        else:
+            with torch.random.fork_rng(devices=[]):
+                self.net = SkipNet(**sizes, groups=len(nets))
+            self.net.load_state_dict(stack_states([net.state_dict() for net in nets]))
+        inputs = [
+            torch.rand(1, INPUT_DEPTH, *canvas,
+                       generator=torch.Generator().manual_seed(derive_seed(seed, "input")))
+            for seed in seeds
+        ]  # fmt: skip
+        self.register_buffer("input", torch.cat(inputs) * INPUT_SCALE)
+
+    def forward(self, eta: Tensor | None) -> Tensor:
+        z = self.input if eta is None else self.input + eta
+        # The K runs' inputs side by side as the channels of one image for the grouped net.
+        out = self.net(z.reshape(1, -1, *z.shape[-2:]))
+        x = out.reshape(self.runs, -1, *out.shape[-2:])
+        return _centre_crop(x, *self.image_size)
+
+    @classmethod
+    def smallest_side(cls, pad: bool) -> int:
+        """With --pad any side; without, a multiple of 32 that the 5-scale net accepts (64)."""
+        return 1 if pad else -(-min_input_size(SCALES) // cls.multiple) * cls.multiple

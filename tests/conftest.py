@@ -1,4 +1,6 @@
-"""Shared fixtures. Paper images come from ../shared/data/denoising (never committed)."""
+"""Shared fixtures. Paper images come from ../shared/data/denoising when it is there (never
+committed); without it the tests use images bundled with scikit-image, so that a fresh clone
+checks the same properties. Only tests marked ``gpu`` or ``slow`` are ever skipped."""
 
 from __future__ import annotations
 
@@ -8,8 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+from utils.images import DEFAULT_DATA_DIR, centre_crop, resolve_image
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_IMAGES = ROOT.parent / "shared" / "data" / "denoising"
+HAVE_PAPER_IMAGES = (SHARED_IMAGES / "F16.png").is_file()
+# The image of the behavioural tests: the paper's F16, or scikit-image's chelsea (the cat).
+TEST_IMAGE = ("F16", SHARED_IMAGES) if HAVE_PAPER_IMAGES else ("cat", DEFAULT_DATA_DIR)
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
@@ -28,11 +35,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
 
 
-@pytest.fixture(scope="session")
-def data_dir() -> Path:
-    if not (SHARED_IMAGES / "F16.png").is_file():
-        pytest.skip(f"paper images not found in {SHARED_IMAGES}")
-    return SHARED_IMAGES
+def image_crop(size: int) -> np.ndarray:
+    """The centre size x size crop of TEST_IMAGE, (3, size, size) float32."""
+    name, data_dir = TEST_IMAGE
+    return np.ascontiguousarray(centre_crop(resolve_image(name, data_dir).pixels, size, size))
 
 
 @pytest.fixture

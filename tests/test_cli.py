@@ -1,7 +1,7 @@
-"""The command line end to end: outputs, refusals, resume, bad input. Tiny nets, few iterations."""
+"""The command line end to end: outputs, refusals, resume, real observations, bad input."""
 
-import csv
 import json
+import re
 import subprocess
 import sys
 import urllib.request
@@ -12,53 +12,59 @@ import pytest
 from PIL import Image
 
 import denoising
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TEST_IMAGE
+from utils.config import RunConfig
+from utils.rundir import RunDir
+
+IMAGE, DATA_DIR = TEST_IMAGE
 
 
-def cli(tmp_path: Path, *extra: str, data_dir: Path | None = None) -> list[str]:
-    args = ["--crop", "64", "--width", "4", "--num_iter", "30", "--show_every", "10",
-            "--save_every", "10", "--device", "cpu", "--out_dir", str(tmp_path / "out"),
+def cli(tmp_path: Path, *extra: str, crop: str | None = "64") -> list[str]:
+    args = ["--width", "4", "--num_iter", "30", "--show_every", "10", "--save_every", "10",
+            "--gpu", "cpu", "--out_dir", str(tmp_path / "out"), "--data_dir", str(DATA_DIR),
             "--quiet"]  # fmt: skip
-    if data_dir is not None:
-        args += ["--data_dir", str(data_dir)]
-    return args + list(extra)
+    return args + ([] if crop is None else ["--crop", crop]) + list(extra)
 
 
-def read_history(path: Path) -> list[dict]:
-    with path.open() as f:
-        return list(csv.DictReader(f))
+def outputs(tmp_path: Path, ckpt: str = "test") -> RunDir:
+    return RunDir(tmp_path / "out", ckpt)
 
 
-def test_run_writes_every_output(tmp_path: Path, data_dir: Path) -> None:
-    assert denoising.main(cli(tmp_path, "--image", "F16", "--ckpt", "f16", data_dir=data_dir)) == 0
-    out = tmp_path / "out"
+def test_run_writes_every_output(tmp_path: Path) -> None:
+    assert denoising.main(cli(tmp_path, "--image", IMAGE, "--ckpt", "run")) == 0
+    run = outputs(tmp_path, "run")
     for name in ("last", "noisy", "clean", "sparse"):
-        with Image.open(out / f"f16_{name}.png") as img:
+        with Image.open(run.path(name)) as img:
             assert img.format == "PNG" and img.size == (64, 64) and img.mode == "RGB"
-    history = read_history(out / "f16_history.csv")
-    assert [int(r["iteration"]) for r in history] == [0, 10, 20, 29]
-    config = json.loads((out / "f16_config.json").read_text())
-    assert config["status"] == "finished" and config["seed"] == 0 and config["method"] == "dop"
-    assert config["final_psnr"] == pytest.approx(float(history[-1]["psnr"]))
-    assert config["oracle_best_psnr_vs_clean"] == max(float(r["psnr"]) for r in history)
-    assert config["device"].startswith("cpu") and "torch" in config["versions"]
-    noise = np.load(out / "f16_noise.npz")
+    history = run.history()
+    assert list(history) == ["iteration", "loss", "psnr", "ssim"]
+    assert history["iteration"].tolist() == [0, 10, 20, 29]
+    record = run.config()
+    settings, report = record["settings"], record["report"]
+    assert settings["seed"] == 0 and settings["method"] == "dop" and settings["nlevel"] == 0.5
+    assert settings["alg"] == "sgd" and settings["lr"] == 1.0  # the prior's defaults, filled in
+    assert report["status"] == "finished" and report["final_psnr"] == history["psnr"][-1]
+    assert report["oracle_best_psnr_vs_clean"] == history["psnr"].max()
+    assert report["device"].startswith("cpu") and "torch" in report["versions"]
+    assert record["data"]["shape"] == [3, 64, 64]
+    noise = np.load(run.path("noise"))
     hit = noise["salt"] | noise["pepper"]
     assert 0.45 < hit.mean() < 0.55  # --nlevel 0.5 by default
     assert np.all(noise["noisy"][noise["salt"]] == 1)
-    noisy_png = np.asarray(Image.open(out / "f16_noisy.png")).transpose(2, 0, 1) / 255
+    noisy_png = np.moveaxis(run.image("noisy"), -1, 0)
     np.testing.assert_allclose(noisy_png, noise["noisy"], atol=0.5 / 255 + 1e-6)
-    assert not list(out.glob(".*tmp"))  # atomic writes leave no temporaries
+    assert not list((tmp_path / "out").glob(".*tmp"))  # atomic writes leave no temporaries
 
 
 def test_refuses_to_overwrite_another_run(tmp_path: Path, capsys) -> None:
     args = cli(tmp_path, "--image", "astronaut", "--num_iter", "5")
     assert denoising.main(args) == 0
-    before = (tmp_path / "out" / "test_history.csv").read_bytes()
+    before = outputs(tmp_path).path("history").read_bytes()
     assert denoising.main(args) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert (tmp_path / "out" / "test_history.csv").read_bytes() == before
-    assert denoising.main(args + ["--overwrite", "--num_iter", "6"]) == 0
+    assert outputs(tmp_path).path("history").read_bytes() == before
+    assert denoising.main(args + ["--overwrite", "--method", "dip"]) == 0
+    assert not outputs(tmp_path).path("sparse").exists()  # no file of the old run survives
 
 
 def test_resume_ends_like_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -66,26 +72,49 @@ def test_resume_ends_like_an_uninterrupted_run(tmp_path: Path) -> None:
     assert denoising.main(cli(tmp_path / "a", *base, "--num_iter", "40")) == 0
     assert denoising.main(cli(tmp_path / "b", *base, "--num_iter", "20")) == 0
     assert denoising.main(cli(tmp_path / "b", *base, "--num_iter", "40", "--resume")) == 0
-    a, b = tmp_path / "a" / "out", tmp_path / "b" / "out"
-    assert read_history(a / "test_history.csv") == read_history(b / "test_history.csv")
-    assert (a / "test_last.png").read_bytes() == (b / "test_last.png").read_bytes()
-    # a finished run is reused, and a checkpoint of other settings is refused
+    a, b = outputs(tmp_path / "a"), outputs(tmp_path / "b")
+    assert a.path("history").read_text() == b.path("history").read_text()
+    assert a.path("last").read_bytes() == b.path("last").read_bytes()
+    # a finished run is kept as it is, and a checkpoint of other settings is refused
     assert denoising.main(cli(tmp_path / "b", *base, "--num_iter", "40", "--resume")) == 0
-    assert (
-        denoising.main(
-            cli(tmp_path / "b", *base, "--num_iter", "60", "--resume", "--nlevel", "0.3")
-        )
-        == 2
+    other = cli(tmp_path / "b", *base, "--num_iter", "60", "--resume", "--nlevel", "0.3")
+    assert denoising.main(other) == 2
+
+
+def test_observed_image_with_its_clean_reference_is_the_synthetic_run(tmp_path: Path) -> None:
+    """A synthetic run's noisy.png and clean.png given back as --observed and --clean make the
+    same run: the 8-bit PNGs hold the corrupted and the clean pixels exactly."""
+    assert denoising.main(cli(tmp_path / "s", "--image", IMAGE, "--num_iter", "20")) == 0
+    synthetic = outputs(tmp_path / "s")
+    observed = ["--observed", str(synthetic.path("noisy")), "--num_iter", "20"]
+    with_clean = cli(tmp_path / "o", *observed, "--clean", str(synthetic.path("clean")), crop=None)
+    assert denoising.main(with_clean) == 0
+    assert outputs(tmp_path / "o").path("history").read_text() == (
+        synthetic.path("history").read_text()
     )
+    # without a reference: the loss only, every output that needs none, no noise file
+    assert denoising.main(cli(tmp_path / "n", *observed, crop=None)) == 0
+    blind = outputs(tmp_path / "n")
+    assert list(blind.history()) == ["iteration", "loss"]
+    np.testing.assert_array_equal(blind.history()["loss"], synthetic.history()["loss"])
+    assert {p.name.split("_", 1)[1] for p in blind.existing()} == {
+        "last.png",
+        "noisy.png",
+        "sparse.png",
+        "history.csv",
+        "config.json",
+        "state.pt",
+    }
+    report = blind.config()["report"]
+    assert report["noisy_psnr"] is None and "final_psnr" not in report
 
 
 def test_grayscale_and_padding_keep_every_pixel(tmp_path: Path) -> None:
-    args = cli(tmp_path, "--image", "camera", "--method", "dip")
-    args[args.index("--crop") + 1] = "45"
-    assert denoising.main(args + ["--pad"]) == 0
-    with Image.open(tmp_path / "out" / "test_last.png") as img:
+    assert denoising.main(cli(tmp_path, "--image", "camera", "--method", "dip", "--pad",
+                              crop="45")) == 0  # fmt: skip
+    with Image.open(outputs(tmp_path).path("last")) as img:
         assert img.size == (45, 45) and img.mode == "L"
-    assert not (tmp_path / "out" / "test_sparse.png").exists()  # DIP has no sparse term
+    assert not outputs(tmp_path).path("sparse").exists()  # DIP has no sparse term
 
 
 def test_default_image_falls_back_to_the_embedded_one(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -93,10 +122,11 @@ def test_default_image_falls_back_to_the_embedded_one(tmp_path: Path, monkeypatc
         raise OSError("offline")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    assert denoising.main(cli(tmp_path, "--num_iter", "2", data_dir=tmp_path / "empty")) == 0
+    args = cli(tmp_path, "--num_iter", "2")
+    args[args.index("--data_dir") + 1] = str(tmp_path / "empty")
+    assert denoising.main(args) == 0
     assert "astronaut" in capsys.readouterr().err
-    config = json.loads((tmp_path / "out" / "test_config.json").read_text())
-    assert config["image"] == "skimage.data.astronaut"
+    assert outputs(tmp_path).config()["data"]["image"] == "skimage.data.astronaut"
 
 
 def tiny_png(tmp_path: Path) -> str:
@@ -109,32 +139,45 @@ def garbage(tmp_path: Path) -> str:
     return str(tmp_path / "garbage.png")
 
 
+def flag(name: str) -> str:
+    """A pattern for the flag itself, not for a longer flag it begins (--lr in --lr_c)."""
+    return re.escape(name) + r"(?![\w-])"
+
+
 @pytest.mark.parametrize(
     "make_args,message",
     [
         (lambda t: ["--image", str(t / "missing.png")], "no image file"),
         (lambda t: ["--image", "no_such_image"], "known image"),
         (lambda t: ["--image", garbage(t)], "cannot read"),
-        (lambda t: ["--image", tiny_png(t), "--crop", "20"], "--pad"),
-        (lambda t: ["--image", "astronaut", "--crop", "40"], "--pad"),
+        (lambda t: ["--image", tiny_png(t), "--crop", "20"], flag("--pad")),
+        (lambda t: ["--image", "astronaut", "--crop", "40"], flag("--pad")),
         (lambda t: ["--image", "astronaut", "--crop", "600"], "exceeds"),
-        (lambda t: ["--image", "astronaut", "--nlevel", "1.5"], "--nlevel"),
-        (lambda t: ["--image", "astronaut", "--nlevel", "-0.1"], "--nlevel"),
-        (lambda t: ["--image", "astronaut", "--width", "0"], "--width"),
-        (lambda t: ["--image", "astronaut", "--lr", "-1"], "--lr"),
+        (lambda t: ["--image", "astronaut", "--nlevel", "1.5"], flag("--nlevel")),
+        (lambda t: ["--image", "astronaut", "--nlevel", "-0.1"], flag("--nlevel")),
+        (lambda t: ["--image", "astronaut", "--width", "0"], flag("--width")),
+        (lambda t: ["--image", "astronaut", "--width", "x"], flag("--width")),
+        (lambda t: ["--image", "astronaut", "--lr", "-1"], flag("--lr")),
+        (lambda t: ["--image", "astronaut", "--lr_c", "0"], flag("--lr_c")),
+        (lambda t: ["--image", "astronaut", "--seed", "-1"], flag("--seed")),
+        (lambda t: ["--image", "astronaut", "--method", "dip-l1"], flag("--method")),
+        (lambda t: ["--image", "astronaut", "--l1", "--loss", "l2"], flag("--l1")),
         (lambda t: ["--image", "astronaut", "--resume"], "no checkpoint"),
+        (lambda t: ["--image", "astronaut", "--resume", "--overwrite"], flag("--overwrite")),
+        (lambda t: ["--observed", tiny_png(t), "--nlevel", "0.3"], flag("--nlevel")),
+        (lambda t: ["--image", "astronaut", "--clean", tiny_png(t)], flag("--clean")),
+        (lambda t: ["--observed", "astronaut", "--clean", "camera"], "one size"),
+        (lambda t: ["--image", "astronaut", "--gpu", "7"], flag("--gpu")),
+        (lambda t: ["--image", "astronaut", "--bogus"], "unrecognized"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(
     tmp_path: Path, capsys, make_args, message
 ) -> None:
-    args = cli(tmp_path, *make_args(tmp_path))
-    if "--crop" in make_args(tmp_path):  # the case sets its own crop
-        i = args.index("--crop")
-        del args[i : i + 2]
-    assert denoising.main(args) == 2
+    extra = make_args(tmp_path)
+    assert denoising.main(cli(tmp_path, *extra, crop=None if "--crop" in extra else "64")) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and message in err and "\n" not in err
+    assert err.startswith("error:") and re.search(message, err) and "\n" not in err, err
     assert not (tmp_path / "out").exists()
 
 
@@ -143,13 +186,13 @@ def test_divergence_is_reported_and_keeps_finite_outputs(tmp_path: Path, capsys)
     assert denoising.main(args) == 1
     err = capsys.readouterr().err.strip()
     assert "NaN" in err and "iteration" in err and "\n" not in err
-    config = json.loads((tmp_path / "out" / "test_config.json").read_text())
-    assert config["status"] == "diverged" and np.isfinite(config["final_psnr"])
-    assert Image.open(tmp_path / "out" / "test_last.png").size == (64, 64)
+    report = outputs(tmp_path).config()["report"]
+    assert report["status"] == "diverged" and np.isfinite(report["final_psnr"])
+    assert Image.open(outputs(tmp_path).path("last")).size == (64, 64)
 
 
 def test_command_line_process(tmp_path: Path) -> None:
-    """The real entry point: exit codes and a one-line error without traceback."""
+    """The real entry point: exit codes, a one-line error without traceback, --help."""
     bad = subprocess.run(
         [sys.executable, "denoising.py", "--image", "astronaut", "--nlevel", "2"],
         cwd=ROOT, capture_output=True, text=True,
@@ -161,3 +204,40 @@ def test_command_line_process(tmp_path: Path) -> None:
     )  # fmt: skip
     assert good.returncode == 0, good.stderr
     assert good.stdout.splitlines()[0].startswith("device: cpu")
+    shown = subprocess.run([sys.executable, "denoising.py", "--help"], cwd=ROOT,
+                           capture_output=True, text=True)  # fmt: skip
+    assert shown.returncode == 0 and "--observed" in shown.stdout
+
+
+def test_batched_command_lines_write_what_separate_ones_write(tmp_path: Path) -> None:
+    """Batched and separate runs of the CLI make the same noise, init and first row, and write
+    the same files; that the loop computes the same thing batched is tested in float64 in
+    tests/test_speed.py (in fp32 the grouped convolutions' rounding grows over iterations)."""
+    runs = [("a", "0.3"), ("b", "0.5")]
+    argv = lambda out, ckpt, p: cli(tmp_path / out, "--image", "astronaut", "--ckpt", ckpt,  # noqa: E731
+                                    "--nlevel", p)  # fmt: skip
+    codes = denoising.run_batch([argv("batched", c, p) for c, p in runs] + [["--nlevel", "2"]], 4)
+    assert codes == [0, 0, 2]
+    for ckpt, nlevel in runs:
+        assert denoising.main(argv("alone", ckpt, nlevel)) == 0
+        alone, batched = outputs(tmp_path / "alone", ckpt), outputs(tmp_path / "batched", ckpt)
+        assert {p.name for p in alone.existing()} == {p.name for p in batched.existing()}
+        for name in ("noise", "noisy", "clean"):
+            assert alone.path(name).read_bytes() == batched.path(name).read_bytes()
+        a, b = alone.history(), batched.history()
+        assert a["iteration"].tolist() == b["iteration"].tolist()
+        assert a["psnr"][0] == pytest.approx(b["psnr"][0], abs=1e-4)  # same start
+        report, alone_report = batched.config()["report"], alone.config()["report"]
+        assert report["batch_size"] == 2 and report["status"] == "finished"
+        assert report["trained_parameters"] == alone_report["trained_parameters"]
+    # a batched run's checkpoint is a single run's: denoising.py --resume extends it alone
+    longer = argv("batched", "a", "0.3")
+    longer[longer.index("--num_iter") + 1] = "40"
+    assert denoising.main(longer + ["--resume"]) == 0
+    assert outputs(tmp_path / "batched", "a").history()["iteration"].tolist()[-1] == 39
+
+
+def test_config_json_records_every_setting(tmp_path: Path) -> None:
+    assert denoising.main(cli(tmp_path, "--image", "astronaut", "--num_iter", "2")) == 0
+    record = json.loads(outputs(tmp_path).path("config").read_text())
+    assert set(record["settings"]) == set(RunConfig.__dataclass_fields__)

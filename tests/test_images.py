@@ -1,5 +1,4 @@
 import hashlib
-import shutil
 import urllib.request
 from pathlib import Path
 
@@ -60,21 +59,31 @@ def test_missing_file_and_unknown_name(tmp_path: Path) -> None:
         resolve_image("Lenna_of_nowhere")
 
 
-def test_paper_image_from_data_dir_is_sha_checked(data_dir: Path, tmp_path: Path) -> None:
-    image = resolve_image("F16", data_dir)
-    assert image.pixels.shape == (3, 512, 512)
-    assert image.sha256 == PAPER_IMAGES["F16"]
-    copy = tmp_path / "F16.png"
-    shutil.copy(data_dir / "F16.png", copy)
-    with copy.open("ab") as f:
+@pytest.fixture
+def paper_copy(tmp_path: Path, rgb: np.ndarray, monkeypatch) -> bytes:
+    """A stand-in for a paper image (the real ones are not committed): its bytes become the
+    published copy of 'Baboon', sha256 and all."""
+    path = tmp_path / "published.png"
+    Image.fromarray(rgb).save(path)
+    data = path.read_bytes()
+    monkeypatch.setitem(PAPER_IMAGES, "Baboon", hashlib.sha256(data).hexdigest())
+    return data
+
+
+def test_paper_image_from_data_dir_is_sha_checked(paper_copy: bytes, tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "Baboon.png").write_bytes(paper_copy)
+    image = resolve_image("Baboon", tmp_path / "d", download=False)
+    assert image.pixels.shape == (3, 21, 30)
+    assert image.sha256 == PAPER_IMAGES["Baboon"]
+    with (tmp_path / "d" / "Baboon.png").open("ab") as f:
         f.write(b"tampered")
     with pytest.raises(InputError, match="sha256"):
-        fetch_paper_image("F16", tmp_path)
+        fetch_paper_image("Baboon", tmp_path / "d")
 
 
-def test_fetch_downloads_once_and_checks(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+def test_fetch_downloads_once_and_checks(paper_copy: bytes, tmp_path: Path, monkeypatch) -> None:
     calls = []
-    good = (data_dir / "Baboon.png").read_bytes()
 
     class Response:
         def __init__(self, data: bytes) -> None:
@@ -90,7 +99,7 @@ def test_fetch_downloads_once_and_checks(data_dir: Path, tmp_path: Path, monkeyp
             pass
 
     monkeypatch.setattr(
-        urllib.request, "urlopen", lambda url, timeout: calls.append(url) or Response(good)
+        urllib.request, "urlopen", lambda url, timeout: calls.append(url) or Response(paper_copy)
     )
     path = fetch_paper_image("Baboon", tmp_path / "d")
     assert hashlib.sha256(path.read_bytes()).hexdigest() == PAPER_IMAGES["Baboon"]

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from models import SkipNet, min_input_size
+from models import SkipNet, SkipPrior, min_input_size
 from tests.conftest import DEVICES
+from utils.state import unstack_state
 
 
 @pytest.mark.parametrize("width,millions", [(64, 0.57), (128, 2.22), (192, 4.94)])
@@ -43,3 +44,23 @@ def test_smallest_size() -> None:
 def test_bad_sizes_rejected() -> None:
     with pytest.raises(ValueError):
         SkipNet(width=0)
+
+
+def test_a_prior_of_k_runs_is_the_k_single_runs_side_by_side() -> None:
+    state = torch.random.get_rng_state()
+    batch = SkipPrior((3, 45, 37), width=4, seeds=[3, 5], scales=3)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global stream is untouched
+    parts = unstack_state(batch.state_dict(), 2)
+    for part, seed in zip(parts, [3, 5], strict=True):
+        alone = SkipPrior((3, 45, 37), width=4, seeds=[seed], scales=3).state_dict()
+        assert part.keys() == alone.keys()
+        for name, value in alone.items():
+            assert torch.equal(part[name], value), name
+    x = batch(None)
+    assert x.shape == (2, 3, 45, 37)
+
+
+def test_smallest_side_of_the_skip_prior() -> None:
+    assert SkipPrior.multiple == 32
+    assert SkipPrior.smallest_side(pad=False) == 64  # a multiple of 32 that 5 scales accept
+    assert SkipPrior.smallest_side(pad=True) == 1

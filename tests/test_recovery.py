@@ -1,142 +1,251 @@
+"""The engine: its parts, the loop, resume, divergence, seeds, and parts plugged in from outside."""
+
 import io
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
 
-from recovery import METHODS, FitConfig, build_model, fit, lr_c_for_size, make_optimizer
+from models import Prior, SkipPrior
+from recovery import Model, Speed, build_model, fit, fit_batch, make_optimizer, precision
 from tests.conftest import DEVICES
+from utils.config import RunConfig
+from utils.observers import Observer
+from utils.seeding import STREAMS, derive_seed
+
+SHAPE = (3, 40, 40)
 
 
-def small_problem(seed: int = 0, size: int = 40, channels: int = 3):
+def small_problem(runs: int = 1, shape=SHAPE, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``runs`` (noisy, clean) pairs: random images with 30% of entries salted or peppered."""
     g = torch.Generator().manual_seed(seed)
-    clean = torch.rand(1, channels, size, size, generator=g)
-    noisy = torch.where(
-        torch.rand(clean.shape, generator=g) < 0.3,
-        torch.rand(clean.shape, generator=g).round(),
-        clean,
-    )
-    return noisy, clean
+    clean = torch.rand(runs, *shape, generator=g)
+    hit = torch.rand(clean.shape, generator=g) < 0.3
+    return torch.where(hit, torch.rand(clean.shape, generator=g).round(), clean), clean
 
 
-def run(method: str, num_iter: int, seed: int = 0, state=None, checkpoint=None, device="cpu"):
+def config(**settings) -> RunConfig:
+    return RunConfig(**({"width": 4, "show_every": 5, "save_every": 10} | settings))
+
+
+def run(cfg: RunConfig, seed: int = 0, device: str = "cpu", **options):
     y, clean = small_problem()
-    m = METHODS[method]
-    model = build_model(tuple(y.shape[1:]), sparse=m.sparse, width=4, seed=seed, scales=3).to(
-        device
-    )
-    cfg = FitConfig(loss=m.loss, num_iter=num_iter, show_every=5, save_every=10)
-    return fit(model, y.to(device), clean.to(device), cfg, seed=seed, state=state,
-               checkpoint=checkpoint, progress=False)  # fmt: skip
+    model = build_model(cfg, SHAPE, [seed], scales=3).to(device)
+    return fit(model, y.to(device), cfg, seed=seed, clean=clean.to(device), progress=False,
+               **options)  # fmt: skip
 
 
 def test_methods_are_configurations_of_one_model() -> None:
-    shape = (3, 40, 40)
-    dop = build_model(shape, sparse=True, width=4, seed=0, scales=3)
-    dip = build_model(shape, sparse=False, width=4, seed=0, scales=3)
-    net_params = sum(p.numel() for p in dip.parameters())
-    assert sum(p.numel() for p in dop.parameters()) == net_params + 2 * 3 * 40 * 40
-    assert dop.g.abs().max() < 1e-4  # the small init: N(0, 1)·1e-5
-    groups = make_optimizer(dop, FitConfig(lr=1.0, lr_c=500.0)).param_groups
-    assert [g["lr"] for g in groups] == [1.0, 500.0]
-    assert groups[1]["params"] == [dop.g, dop.h] and groups[0]["momentum"] == 0
-    assert len(make_optimizer(dip, FitConfig()).param_groups) == 1
-    assert METHODS["dip-l1"].loss == "l1" and not METHODS["dip-l1"].sparse
+    dop = build_model(config(method="dop"), SHAPE, [0], scales=3)
+    dip = build_model(config(method="dip"), SHAPE, [0], scales=3)
+    assert sum(p.numel() for p in dop.parameters()) == sum(
+        p.numel() for p in dip.parameters()
+    ) + 2 * np.prod(SHAPE)
+    assert dop.sparse.g.abs().max() < 1e-4 and dip.sparse is None  # the small init N(0,1)·1e-5
+    groups = make_optimizer(dop, config(method="dop").with_defaults()).param_groups
+    assert [g["lr"] for g in groups] == [1.0, 500.0] and groups[0]["momentum"] == 0
+    assert groups[1]["params"] == [dop.sparse.g, dop.sparse.h]
+    assert len(make_optimizer(dip, config(method="dip").with_defaults()).param_groups) == 1
 
 
-def test_same_init_for_all_methods_and_devices_from_one_seed() -> None:
-    a = build_model((3, 40, 40), sparse=True, width=4, seed=5, scales=3)
-    b = build_model((3, 40, 40), sparse=False, width=4, seed=5, scales=3)
-    for (name, pa), (_, pb) in zip(a.net.named_parameters(), b.net.named_parameters(), strict=True):
-        assert torch.equal(pa, pb), name
-    assert torch.equal(a.z, b.z)
-
-
-def test_padded_canvas_is_cropped_back_to_the_image() -> None:
-    model = build_model((1, 40, 45), sparse=True, width=4, seed=0, net_size=(64, 64))
-    x, prediction = model(torch.zeros_like(model.z))
-    assert model.z.shape[-2:] == (64, 64)
-    assert x.shape == prediction.shape == (1, 1, 40, 45)
-    full = model.net(model.z)
-    torch.testing.assert_close(x, full[..., 12:52, 9:54])
-
-
-def test_prediction_is_network_plus_sparse_term() -> None:
-    model = build_model((3, 40, 40), sparse=True, width=4, seed=0, scales=3)
+def test_prediction_is_operator_of_x_plus_sparse_term() -> None:
+    model = build_model(config(), SHAPE, [0], scales=3)
     with torch.no_grad():
-        model.g.fill_(0.5)
-        model.h.fill_(0.25)
-    x, prediction = model(torch.zeros_like(model.z))
+        model.sparse.g.fill_(0.5)
+        model.sparse.h.fill_(0.25)
+    x, prediction = model(None)
     torch.testing.assert_close(prediction - x, torch.full_like(x, 0.25 - 0.0625))
 
 
-@pytest.mark.parametrize("sizes", [((3, 64, 64), (3, 512, 512)), ((1, 40, 50), (3, 96, 128))])
-def test_scaled_lr_c_moves_g_equally_on_any_size(sizes) -> None:
-    """With lr_c scaled by size, one SGD step moves each entry of g by the same amount for the
-    same residual, whatever the number of entries n averaged by the loss."""
-    steps = []
-    for shape in sizes:
-        g = torch.full((1, *shape), 0.1, requires_grad=True)
-        loss = F.mse_loss(g * g, torch.full_like(g, 0.5))
-        loss.backward()
-        steps.append(lr_c_for_size(500.0, g.numel()) * g.grad[0, 0, 0, 0].item())
-    assert steps[0] == pytest.approx(steps[1], rel=1e-5)
-    assert lr_c_for_size(500.0, 3 * 512 * 512) == 500.0
+def test_padded_canvas_is_cropped_back_to_the_image() -> None:
+    prior = SkipPrior((1, 40, 45), width=4, seeds=[0], pad=True)
+    assert prior.input.shape[-2:] == (64, 64)
+    x = prior(None)
+    assert x.shape == (1, 1, 40, 45)
+    torch.testing.assert_close(x, prior.net(prior.input)[..., 12:52, 9:54])
 
 
-def test_same_seed_same_history_and_other_seed_differs() -> None:
-    a, b, c = run("dop", 15), run("dop", 15), run("dop", 15, seed=1)
+def test_weights_input_and_sparse_init_come_from_independent_streams() -> None:
+    """One seed feeds several streams; no tensor is drawn from another's stream. Drawn from one
+    stream, the first uniform draws of z and of the first initialised weights are affine copies
+    of each other (correlation ±1); from independent streams they are uncorrelated."""
+    assert len({derive_seed(s, name) for s in range(3) for name in STREAMS}) == 3 * len(STREAMS)
+    model = build_model(config(width=16), SHAPE, [0], scales=3)
+    z = model.prior.input.flatten().numpy()
+    for name, p in model.prior.named_parameters():
+        if p.dim() > 1 and p.numel() >= 64:  # the convolutions' uniformly drawn weights
+            n = min(256, p.numel())
+            corr = np.corrcoef(z[:n], p.detach().flatten()[:n].numpy())[0, 1]
+            assert abs(corr) < 0.6, name  # one stream gave 1.0; independent ones < 0.18 (seeds 0-4)
+    n = 256
+    g = model.sparse.g.detach().flatten()[:n].numpy()
+    assert abs(np.corrcoef(g, model.sparse.h.detach().flatten()[:n].numpy())[0, 1]) < 0.5
+
+
+def test_same_seed_same_history_and_another_seed_differs() -> None:
+    a, b, c = run(config(num_iter=15)), run(config(num_iter=15)), run(config(num_iter=15), seed=1)
     assert a.history == b.history
     np.testing.assert_array_equal(a.image, b.image)
     assert a.history != c.history
 
 
-@pytest.mark.parametrize("method", ["dop", "dip-l1"])
-def test_resume_from_a_checkpoint_continues_exactly(method: str) -> None:
-    saved = {}
+@pytest.mark.parametrize("scaling,expected", [("none", 500.0), ("n", 500 / 64), ("sqrt", 62.5)])
+def test_lr_c_scaling_rules(scaling: str, expected: float) -> None:
+    cfg = RunConfig(lr_c=500.0, lr_c_scaling=scaling)
+    assert cfg.lr_c_used(3 * 64 * 64) == pytest.approx(expected)
+    assert cfg.lr_c_used(3 * 512 * 512) == 500.0  # the public code's size: every rule agrees
+    model = build_model(RunConfig(width=4), (3, 64, 64), [0], scales=3)
+    assert make_optimizer(model, cfg.with_defaults()).param_groups[1]["lr"] == pytest.approx(
+        expected
+    )
 
+
+@pytest.mark.parametrize("sizes", [((3, 64, 64), (3, 512, 512)), ((1, 40, 50), (3, 96, 128))])
+def test_n_scaled_lr_c_moves_g_equally_on_any_size(sizes) -> None:
+    """With --lr_c_scaling n, one SGD step moves each entry of g by the same amount for the same
+    residual, whatever the number of entries n averaged by the loss."""
+    steps = []
+    for shape in sizes:
+        g = torch.full((1, *shape), 0.1, requires_grad=True)
+        F.mse_loss(g * g, torch.full_like(g, 0.5)).backward()
+        lr_c = RunConfig(lr_c_scaling="n").lr_c_used(g.numel())
+        steps.append(lr_c * g.grad[0, 0, 0, 0].item())
+    assert steps[0] == pytest.approx(steps[1], rel=1e-5)
+
+
+def keep_serialised(saved: dict):
     def keep(state: dict) -> None:  # serialise, as the CLI does, so later steps cannot alter it
         buffer = io.BytesIO()
         torch.save(state, buffer)
         saved[state["iteration"]] = buffer.getvalue()
 
-    whole = run(method, 32, checkpoint=keep)
+    return keep
+
+
+@pytest.mark.parametrize("settings", [{"method": "dop"}, {"method": "dip", "loss": "l1"},
+                                      {"method": "dop", "alg": "adam", "lr": 0.01}])  # fmt: skip
+def test_resume_from_a_checkpoint_continues_exactly(settings: dict) -> None:
+    saved: dict = {}
+    whole = run(config(num_iter=32, **settings), checkpoint=keep_serialised(saved))
     assert sorted(saved) == [10, 20, 30, 32]
     state = torch.load(io.BytesIO(saved[20]), weights_only=False)
-    resumed = run(method, 32, state=state)
+    resumed = run(config(num_iter=32, **settings), state=state)
     assert resumed.history == whole.history
     np.testing.assert_array_equal(resumed.image, whole.image)
 
 
 def test_history_logs_the_grid_and_the_last_iteration() -> None:
-    result = run("dip", 12)
-    assert [row[0] for row in result.history] == [0, 5, 10, 11]
+    result = run(config(num_iter=12, method="dip"))
+    assert [row["iteration"] for row in result.history] == [0, 5, 10, 11]
+    assert list(result.history[0]) == ["iteration", "loss", "psnr", "ssim"]
     assert result.iterations == 12 and result.diverged_at is None
 
 
+def test_without_a_clean_image_only_the_loss_is_logged() -> None:
+    y, _ = small_problem()
+    cfg = config(num_iter=6)
+    result = fit(build_model(cfg, SHAPE, [0], scales=3), y, cfg, progress=False)
+    assert [list(row) for row in result.history] == [["iteration", "loss"]] * 2
+    assert result.image.shape == SHAPE
+
+
 def test_divergence_stops_and_keeps_the_last_finite_output() -> None:
-    y, clean = small_problem()
-    model = build_model(tuple(y.shape[1:]), sparse=True, width=4, seed=0, scales=3)
-    cfg = FitConfig(num_iter=60, show_every=5, lr=1.0, lr_c=1e9)
-    result = fit(model, y, clean, cfg, progress=False)
+    result = run(config(num_iter=60, lr_c=1e9))
     assert result.diverged_at is not None and result.diverged_at < 60
-    assert all(np.isfinite(row[1]) for row in result.history)
+    assert all(np.isfinite(row["loss"]) for row in result.history)
     assert np.isfinite(result.image).all()
+
+
+def test_faithful_path_turns_tf32_off_and_fast_gpu_path_on() -> None:
+    """PyTorch lets cuDNN use TF32 for fp32 convolutions by default; the loop sets it per path
+    and restores it (the flags can be set without a GPU)."""
+    cudnn = torch.backends.cudnn
+    before = cudnn.allow_tf32
+    for speed, expected in ((Speed.of(False, "cuda"), False), (Speed.of(True, "cuda"), True)):
+        with precision(speed):
+            assert cudnn.allow_tf32 is expected
+            assert torch.backends.cuda.matmul.allow_tf32 is expected
+        assert cudnn.allow_tf32 is before
+    assert not Speed.of(True, "cpu").tf32
+
+
+class OneLayer(Prior):
+    """A toy prior: x = sigmoid(W z + b), a 1x1 convolution of a fixed input z, one per run
+    (runs along dimension 0, as the prior contract asks); the bias b is frozen."""
+
+    defaults = {"alg": "sgd", "lr": 0.5, "reg_noise_std": 0.05}
+
+    def __init__(self, image_shape, *, width=4, seeds=(0,), pad=False) -> None:
+        super().__init__()
+        channels, h, w = image_shape
+        runs = len(seeds)
+        self.register_buffer("input", torch.rand(runs, width, h, w))
+        self.weight = nn.Parameter(torch.randn(runs, channels, width) * 0.5)
+        self.bias = nn.Parameter(torch.randn(runs, channels), requires_grad=False)
+
+    def forward(self, eta):
+        z = self.input if eta is None else self.input + eta
+        return torch.sigmoid(torch.einsum("kihw,koi->kohw", z, self.weight)
+                             + self.bias[..., None, None])  # fmt: skip
+
+
+class Drift(Observer):
+    """A toy observer: the running mean of the iterates, and how far x is from it."""
+
+    def __init__(self, runs: int) -> None:
+        super().__init__()
+        self.register_buffer("total", torch.zeros(runs, *SHAPE))
+        self.register_buffer("seen", torch.zeros(runs))
+        self.register_buffer("drift", torch.zeros(runs))
+
+    def update(self, iteration: int, x: Tensor) -> None:
+        self.total += x
+        self.seen += 1
+        self.drift = (x - self.total / self.seen[:, None, None, None]).abs().flatten(1).mean(1)
+
+    def columns(self) -> dict[str, Tensor]:
+        return {"seen": self.seen, "drift": self.drift}
+
+
+def test_a_toy_prior_and_a_toy_observer_plug_in_without_editing_the_loop() -> None:
+    y, clean = small_problem(runs=2)
+    torch.manual_seed(0)
+    model = Model(OneLayer(SHAPE, seeds=[0, 1]))
+    bias = model.prior.bias.clone()
+    cfg = config(num_iter=21, method="dip")
+    optimizer = make_optimizer(model, cfg.with_defaults(OneLayer.defaults))
+    assert optimizer.param_groups[0]["lr"] == 0.5  # the prior's default step
+    assert optimizer.param_groups[0]["params"] == [model.prior.weight]
+    saved: list = []
+    results = fit_batch(model, y, cfg, seeds=[0, 1], clean=clean, observers=[Drift(2)],
+                        checkpoint=saved.append, progress=False)  # fmt: skip
+    assert torch.equal(model.prior.bias, bias)  # frozen: not trained, not even held
+    for result in results:
+        assert [row["seen"] for row in result.history] == [1, 6, 11, 16, 21]  # every iterate
+        assert result.history[-1]["drift"] > 0 and result.history[-1]["psnr"] > 0
+    # its state is checkpointed per run: resuming run 1 alone gives the same rows
+    torch.manual_seed(0)
+    alone = Model(OneLayer(SHAPE, seeds=[1]))
+    resumed = fit_batch(alone, y[1:], cfg, seeds=[1], clean=clean[1:], observers=[Drift(1)],
+                        states=[saved[1][1]], progress=False)  # fmt: skip
+    assert [r["seen"] for r in resumed[0].history] == [r["seen"] for r in results[1].history]
+    np.testing.assert_allclose([r["drift"] for r in resumed[0].history],
+                               [r["drift"] for r in results[1].history], rtol=1e-5)  # fmt: skip
 
 
 @pytest.mark.gpu
 def test_hot_loop_does_not_synchronise() -> None:
-    """The number of host-device syncs does not grow with the iterations between logs."""
+    """The number of host-device syncs does not grow with the iterations between logged rows,
+    with an observer and metrics on."""
     counts = []
     for num_iter in (6, 26):
         torch.cuda.set_sync_debug_mode("warn")
         try:
             with pytest.warns(UserWarning) as record:
-                y, clean = small_problem()
-                model = build_model((3, 40, 40), sparse=True, width=4, seed=0, scales=3).cuda()
-                cfg = FitConfig(num_iter=num_iter, show_every=1000, save_every=1000)
-                fit(model, y.cuda(), clean.cuda(), cfg, progress=False)
+                run(config(num_iter=num_iter, show_every=1000, save_every=1000), device="cuda",
+                    observers=[Drift(1)])  # fmt: skip
         finally:
             torch.cuda.set_sync_debug_mode("default")
         counts.append(sum("synchroniz" in str(w.message) for w in record))
@@ -145,5 +254,5 @@ def test_hot_loop_does_not_synchronise() -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_runs_on_each_device(device: str) -> None:
-    result = run("dop", 6, device=device)
-    assert result.image.shape == (3, 40, 40) and [r[0] for r in result.history] == [0, 5]
+    result = run(config(num_iter=6), device=device)
+    assert result.image.shape == SHAPE and [r["iteration"] for r in result.history] == [0, 5]

@@ -1,20 +1,67 @@
-"""Image quality metrics, computed on whatever device the tensors live on."""
+"""Image quality against a clean reference, computed on whatever device the tensors live on.
+
+Both metrics work in float64 and return tensors (no host sync); the loop reads them only at its
+logged rows, and only when a clean image exists.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
 def psnr(
     x: Tensor, ref: Tensor, data_range: float = 1.0, dim: tuple[int, ...] | None = None
 ) -> Tensor:
-    """Peak signal-to-noise ratio 10 log10(range^2 / MSE(x, ref)) in dB: a 0-dim tensor, or one
-    value per image when ``dim`` names the dimensions of an image (e.g. (1, 2, 3) for N×C×H×W).
+    """Peak signal-to-noise ratio 10 log10(range² / MSE(x, ref)) in dB: a 0-dim tensor, or one
+    value per image when ``dim`` names the dimensions of an image (e.g. (1, 2, 3) for K×C×H×W).
 
-    The MSE is accumulated in float64 so the value agrees with skimage's
-    ``peak_signal_noise_ratio`` (which works in float64) to well under 1e-4 dB; it stays on the
-    device, so calling it does not synchronise with the host.
+    Agrees with skimage's ``peak_signal_noise_ratio`` to well under 1e-4 dB (tested).
     """
     mse = ((x.detach().double() - ref.detach().double()) ** 2).mean(dim=dim)
     return 10.0 * torch.log10(data_range**2 / mse)
+
+
+def ssim(x: Tensor, ref: Tensor, data_range: float = 1.0, sigma: float = 1.5) -> Tensor:
+    """Structural similarity of Wang, Bovik, Sheikh, Simoncelli (IEEE TIP 2004), one value per
+    image of a (K, C, H, W) batch: local means, variances and covariance under an 11×11 Gaussian
+    window (σ = 1.5, population statistics), constants (0.01 L)² and (0.03 L)², averaged over the
+    positions where the window fits inside the image and over the channels.
+
+    Equals ``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, channel_axis=0)`` per image (tested), the setting skimage names
+    as Wang et al.'s. Both sides must be at least 11 pixels.
+    """
+    radius = int(3.5 * sigma + 0.5)  # skimage's (scipy's) truncation of the Gaussian
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64, device=x.device)
+    window = torch.exp(-(t**2) / (2 * sigma**2))
+    window = window / window.sum()
+    k, c, h, w = x.shape
+    if min(h, w) < 2 * radius + 1:
+        raise ValueError(f"SSIM needs images of at least {2 * radius + 1} pixels, got {h}x{w}")
+
+    def blur(image: Tensor) -> Tensor:  # separable 'valid' filtering of every channel
+        flat = image.reshape(k * c, 1, image.shape[-2], image.shape[-1])
+        flat = F.conv2d(flat, window.view(1, 1, -1, 1))
+        return F.conv2d(flat, window.view(1, 1, 1, -1))
+
+    a, b = x.detach().double(), ref.detach().double()
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    index = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
+        (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    )
+    return index.reshape(k, -1).mean(1)
+
+
+# Per-image metrics of a (K, C, H, W) batch against its clean reference: (K,) tensors.
+METRICS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "psnr": lambda x, clean: psnr(x, clean, dim=(1, 2, 3)),
+    "ssim": ssim,
+}

@@ -1,0 +1,206 @@
+"""The settings of a run, in one form: ``RunConfig``.
+
+The command line is built from its fields (one flag per field, with the field's name, default and
+help), ``config.json`` stores the fields as they are, the loop reads them, and ``--resume`` compares
+the fields that define a run (``defines_run``). Settings left as None take the prior's defaults
+(``RunConfig.with_defaults``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from models import PRIORS
+from utils import InputError
+from utils.images import DEFAULT_DATA_DIR
+from utils.losses import LOSSES
+
+REFERENCE_NUMEL = 3 * 512 * 512  # image size at which the public lr_c = 500 was tuned
+LR_C_SCALINGS = ("none", "n", "sqrt")
+METHODS = ("dop", "dip")  # with the sparse term g⊙g − h⊙h, or the prior alone
+DEFAULT_NLEVEL = 0.5
+
+
+def setting(default: Any, help: str, group: str, *, type: Any = None, choices=None,
+            defines_run: bool = True) -> Any:  # fmt: skip
+    """A field of RunConfig and its flag: ``type`` is needed where the default is None."""
+    meta = {"help": help, "group": group, "type": type, "choices": choices,
+            "defines_run": defines_run}  # fmt: skip
+    return field(default=default, metadata=meta)
+
+
+DATA, MODEL, OPTIM, RUN = "the data", "the model", "optimisation", "running and outputs"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # --- the data
+    image: str | None = setting(
+        None, "clean image to corrupt: a paper image (F16, Peppers, Baboon, kodim03), a path, "
+        "or a scikit-image image (astronaut, camera, coffee, ...). Default: F16, or astronaut "
+        "when F16 cannot be fetched", DATA, type=str)  # fmt: skip
+    nlevel: float | None = setting(
+        None, f"salt-and-pepper level: the fraction of entries (per channel) set to 0 or 1, in "
+        f"[0, 1] (default: {DEFAULT_NLEVEL})", DATA, type=float)  # fmt: skip
+    observed: str | None = setting(
+        None, "an already corrupted image to recover, used as it is (no synthetic noise; "
+        "excludes --image and --nlevel)", DATA, type=str)  # fmt: skip
+    clean: str | None = setting(
+        None, "with --observed: the clean reference for PSNR/SSIM (without it only the loss is "
+        "logged)", DATA, type=str)  # fmt: skip
+    crop: int | None = setting(None, "centre N x N crop first, for quick runs", DATA, type=int)
+    pad: bool = setting(
+        False,
+        "run the net on a canvas padded to a multiple of 32 and crop its output back, so "
+        "no pixel is lost (default: centre crop to multiples of 32, as the public code)",
+        DATA,
+    )
+    seed: int = setting(
+        0,
+        "one seed for everything: the corruption, the weights, the input z, g and h, and the "
+        "input perturbation each draw from their own stream derived from it",
+        DATA,
+    )
+    # --- the model
+    method: str = setting(
+        "dop", "dop: y ~ A(x) + g*g - h*h (the sparse term absorbs outliers); dip: y ~ A(x)",
+        MODEL, choices=METHODS)  # fmt: skip
+    prior: str = setting("skip", "the generator of x (see models/)", MODEL, choices=tuple(PRIORS))
+    width: int = setting(128, "channels at every scale of the skip net", MODEL)
+    loss: str = setting("l2", "data-fit loss: l2 (mean squared) or l1 (mean absolute)", MODEL,
+                        choices=tuple(LOSSES))  # fmt: skip
+    # --- optimisation
+    alg: str | None = setting(
+        None, "optimizer: sgd (no momentum) or adam (default: the prior's; sgd for skip)",
+        OPTIM, type=str, choices=("sgd", "adam"))  # fmt: skip
+    lr: float | None = setting(
+        None, "step for the prior's weights θ (default: the prior's; 1 for skip)", OPTIM,
+        type=float)  # fmt: skip
+    lr_c: float = setting(500.0, "step for g, h (alpha = lr_c / lr)", OPTIM)
+    lr_c_scaling: str = setting(
+        "none", "scale --lr_c from a 3x512x512 image to this one's n = C*H*W entries: none (the "
+        "public code), n (by n / n_512: same step of g per residual) or sqrt (by "
+        "sqrt(n / n_512))", OPTIM, choices=LR_C_SCALINGS)  # fmt: skip
+    num_iter: int = setting(150_000, "iterations", OPTIM, defines_run=False)
+    reg_noise_std: float | None = setting(
+        None, "std of the fresh input perturbation eta (default: the prior's; 1/30 for skip)",
+        OPTIM, type=float)  # fmt: skip
+    # --- running and outputs
+    ckpt: str = setting("test", "run name: outputs are OUT_DIR/CKPT_*", RUN, defines_run=False)
+    out_dir: str = setting("checkpoints", "output folder (created)", RUN, defines_run=False)
+    data_dir: str = setting(str(DEFAULT_DATA_DIR), "where paper images are looked for and "
+                            "downloaded to", RUN, defines_run=False)  # fmt: skip
+    gpu: str | None = setting(
+        None, "CUDA device index, or cpu (default: GPU 0 when there is one, else the CPU)", RUN,
+        type=str, defines_run=False)  # fmt: skip
+    fast: bool = setting(
+        False,
+        "the fast path: on a GPU TF32, channels-last, bf16 autocast of the net, fused "
+        "optimizer, torch.compile; on a CPU bf16 autocast where the CPU has bf16 and foreach "
+        "steps (default: fp32 eager, the public code's recipe)",
+        RUN,
+        defines_run=False,
+    )
+    show_every: int = setting(500, "iterations between logged rows (the only host syncs)", RUN)
+    save_every: int = setting(
+        5000, "iterations between resumable checkpoints (a multiple of --show_every)", RUN,
+        defines_run=False)  # fmt: skip
+    resume: bool = setting(False, "continue the run CKPT from its last checkpoint", RUN,
+                           defines_run=False)  # fmt: skip
+    overwrite: bool = setting(False, "replace an earlier run CKPT", RUN, defines_run=False)
+    quiet: bool = setting(False, "no progress bar", RUN, defines_run=False)
+
+    def with_defaults(self, defaults: dict[str, Any] | None = None) -> RunConfig:
+        """The settings with every None replaced by its default: the prior's (or ``defaults``)
+        for the optimizer and the perturbation, 0.5 for a synthetic noise level."""
+        defaults = defaults or PRIORS[self.prior].defaults
+        filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        if self.observed is None and self.nlevel is None:
+            filled["nlevel"] = DEFAULT_NLEVEL
+        return dataclasses.replace(self, **filled)
+
+    def lr_c_used(self, numel: int) -> float:
+        """lr_c after ``lr_c_scaling`` for an observation of ``numel`` entries per run.
+
+        With the mean loss over n entries each entry of g, h gets a gradient ∝ 1/n while the
+        network's does not, so the same lr_c is a larger effective α on a smaller image; ``n``
+        undoes that exactly, ``sqrt`` follows the paper's α ∝ √n for an n×n low-rank problem.
+        """
+        ratio = numel / REFERENCE_NUMEL
+        return self.lr_c * {"none": 1.0, "n": ratio, "sqrt": math.sqrt(ratio)}[self.lr_c_scaling]
+
+    def defining(self) -> dict[str, Any]:
+        """The settings that define the run (a resumed run must have the same), less those that
+        play no part in it (g, h's step without g, h)."""
+        unused = () if self.method == "dop" else ("lr_c", "lr_c_scaling")
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.metadata["defines_run"] and f.name not in unused}  # fmt: skip
+
+    def check(self) -> None:
+        """Refuse bad values with a message that names the flag."""
+        bad = [
+            (self.nlevel is not None and not 0.0 <= self.nlevel <= 1.0,
+             "--nlevel must be in [0, 1]"),
+            (self.observed is not None and (self.image, self.nlevel) != (None, None),
+             "--observed is used as it is: it excludes --image and --nlevel"),
+            (self.clean is not None and self.observed is None,
+             "--clean goes with --observed (a synthetic run has its own clean image)"),
+            (self.width < 1, "--width must be at least 1"),
+            (self.num_iter < 1, "--num_iter must be at least 1"),
+            (self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)),
+             "--lr must be a positive number"),
+            (not (self.lr_c > 0 and math.isfinite(self.lr_c)), "--lr_c must be a positive number"),
+            (self.reg_noise_std is not None and not self.reg_noise_std >= 0,
+             "--reg_noise_std must be >= 0"),
+            (self.seed < 0, "--seed must be >= 0"),
+            (self.show_every < 1 or self.save_every < 1 or self.save_every % self.show_every,
+             "--save_every must be a positive multiple of --show_every (>= 1)"),
+            (self.crop is not None and self.crop < 1, "--crop must be positive"),
+            (self.resume and self.overwrite, "--resume and --overwrite exclude each other"),
+            (not self.ckpt or "/" in self.ckpt or self.ckpt.startswith("."),
+             "--ckpt must be a plain name"),
+        ]  # fmt: skip
+        for failed, message in bad:
+            if failed:
+                raise InputError(message)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (the CLI catches InputError)
+        raise InputError(f"{message} (see --help)")
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """The command line of RunConfig: one flag per field, grouped as the fields are, plus the
+    public code's ``--l1`` (the same setting as ``--loss l1``)."""
+    p = _Parser(
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,  # an absent flag keeps the dataclass's default
+    )
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in dataclasses.fields(RunConfig):
+        meta = f.metadata
+        group = groups.setdefault(meta["group"], p.add_argument_group(meta["group"]))
+        if meta["group"] == MODEL and f.name == "loss":  # --l1 and --loss: one setting
+            group = group.add_mutually_exclusive_group()
+            group.add_argument("--l1", dest="loss", action="store_const", const="l1",
+                               help="the public code's flag: --loss l1")  # fmt: skip
+        if f.default is False:
+            group.add_argument(f"--{f.name}", action="store_true", help=meta["help"])
+            continue
+        shown = "" if f.default is None or "default" in meta["help"] else f" (default: {f.default})"
+        group.add_argument(
+            f"--{f.name}", type=meta["type"] or type(f.default), choices=meta["choices"],
+            help=meta["help"] + shown,
+        )  # fmt: skip
+    return p
+
+
+def parse(argv: list[str] | None, description: str = "") -> RunConfig:
+    """RunConfig from command-line arguments (InputError on bad ones)."""
+    return RunConfig(**vars(parser(description).parse_args(argv)))

@@ -1,0 +1,22 @@
+"""One ``--seed``, independent random streams for every random thing a run draws.
+
+The network's weights, its input z, the sparse term's g and h, the corruption and the input
+perturbation η each get a seed of their own, derived from the run's seed by numpy's
+``SeedSequence`` (spawn key = the stream's index in ``STREAMS``). Streams are statistically
+independent, so no tensor is a function of another's draws, and adding a stream at the end of
+``STREAMS`` leaves the others as they were.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+STREAMS = ("weights", "input", "sparse", "noise", "eta")
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """The seed of ``stream`` for a run of ``seed`` (a non-negative integer below 2**63)."""
+    if seed < 0:
+        raise ValueError(f"seeds are non-negative integers, got {seed}")
+    high, low = np.random.SeedSequence(seed, spawn_key=(STREAMS.index(stream),)).generate_state(2)
+    return (int(high) << 31) | (int(low) >> 1)

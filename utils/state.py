@@ -1,0 +1,52 @@
+"""Nested states (``state_dict``s of models, optimizers and observers) of K runs at once.
+
+Every per-run tensor of a batch carries its runs along dimension 0: the grouped net's
+parameters, the inputs z, g and h, the optimizer's per-entry state, the observers' buffers.
+Stacking K single-run states concatenates those tensors; unstacking splits them. Tensors without
+a dimension (step counters) and non-tensors (hyper-parameters) are shared, taken from the first
+run. The walk over the nesting is optree's (torch's own pytree module is private).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import optree
+import torch
+from torch import Tensor
+
+
+def stack_states(states: Sequence[Any]) -> Any:
+    """The state of a K-run batch from the K states of single runs (same structure)."""
+
+    def stack(first: Any, *rest: Any) -> Any:
+        if isinstance(first, Tensor) and first.dim():
+            return torch.cat([first, *rest])
+        return first
+
+    return optree.tree_map(stack, *states)
+
+
+def unstack_state(state: Any, runs: int) -> list[Any]:
+    """The K single-run states of a batch's state, as copies (saving one run's state must not
+    write the storage of the whole batch)."""
+
+    def part(k: int):
+        def take(leaf: Any) -> Any:
+            if not isinstance(leaf, Tensor):
+                return leaf
+            return (leaf.chunk(runs)[k] if leaf.dim() else leaf).clone()
+
+        return take
+
+    return [optree.tree_map(part(k), state) for k in range(runs)]
+
+
+def is_finite(state: Any) -> bool:
+    """Whether every floating-point tensor in a nested state is free of NaN and infinity."""
+    return all(
+        bool(torch.isfinite(leaf).all())
+        for leaf in optree.tree_leaves(state)
+        if isinstance(leaf, Tensor) and leaf.is_floating_point()
+    )
