@@ -24,7 +24,9 @@ import numpy as np  # noqa: E402
 
 from experiments import (  # noqa: E402
     DEFAULT_CASES,
+    FULL_ITERS,
     LR_C_SWEEP,
+    PAPER_FIGURES,
     PROFILES,
     SWEEP_WIDTHS,
     Case,
@@ -39,6 +41,7 @@ from utils.config import LR_C_SCALINGS, RunConfig  # noqa: E402
 from utils.io import atomic_write, save_csv  # noqa: E402
 from utils.rundir import RunDir  # noqa: E402
 
+TABLES = {"results": PAPER_FIGURES, "lrc": ("lrc",)}  # a table per group of figures
 STYLES = {"dop": "-", "dip": "--", "dip-l1": ":"}
 LABELS = {"dop": "DOP", "dip": "DIP (L2)", "dip-l1": "DIP-L1"}
 TABLE_FIELDS = [
@@ -84,8 +87,8 @@ def write_table(rows: list[dict], profile: Profile, csv_path: Path, md_path: Pat
         f"# Results, profile `{profile.name}`",
         "",
         f"Profile `{profile.name}`: crop {profile.crop or 'none'}, width × "
-        f"{profile.width_scale:g}, iterations × {profile.iter_scale:g}, DOP's lr_c scaling "
-        f"`{profile.lr_c_scaling}` (unless the run sets lr_c), seed 0. PSNR in dB and SSIM "
+        f"{profile.width_scale:g}, iterations × {profile.iter_scale:g}, {lr_c_rule(profile)} "
+        "(unless the run sets its own), seed 0. PSNR in dB and SSIM "
         "(Wang et al.'s Gaussian window) of the network output against the clean image. 'Last' "
         "is the last iterate (the result); the peak is an **oracle** (it needs the clean image).",
         "",
@@ -126,7 +129,8 @@ def plot_grid(
             )
             ax.set_xlabel(f"{label} {psnr}".strip(), fontsize=9)
         row[0].set_ylabel(case.label, fontsize=9)
-    fig.suptitle(f"{title} — profile: {profile.name} (last iterate)", fontsize=10)
+    fig.suptitle(f"{title} — profile: {profile.name}, {lr_c_rule(profile)} (last iterate)",
+                 fontsize=10)  # fmt: skip
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -159,9 +163,13 @@ def plot_curves(
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    fig.suptitle(f"{title} — profile: {profile.name}", fontsize=10)
+    fig.suptitle(f"{title} — profile: {profile.name}, {lr_c_rule(profile)}", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def lr_c_rule(profile: Profile) -> str:
+    return f"DOP's lr_c {profile.lr_c:g}, scaling {profile.lr_c_scaling}"
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
@@ -202,8 +210,8 @@ def plot_sweep(cases: tuple[Case, ...], profile: Profile, out_dir: Path, path: P
         ax.set_ylabel("last-iterate PSNR (dB)", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"DOP: lr_c sweep — profile: {profile.name} (dotted: the scaling rules "
-                 "applied to 500)", fontsize=10)  # fmt: skip
+    fig.suptitle(f"DOP: lr_c sweep — profile: {profile.name}, {profile.num_iter(FULL_ITERS)} "
+                 "iterations (dotted: the scaling rules applied to 500)", fontsize=10)  # fmt: skip
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -240,12 +248,15 @@ def draw(
         elif name == "lrc":
             plot_sweep(tuple(dict.fromkeys(cases["fig3"] + cases["fig4"])), profile, out_dir, path)
         written.append(path)
-    runs = figure_runs(wanted, cases)
-    rows = [row for run in runs if (row := result_row(run, profile, out_dir)) is not None]
-    csv_path = table_dir / f"results_{profile.name}.csv"
-    md_path = table_dir / f"results_table_{profile.name}.md"
-    write_table(rows, profile, csv_path, md_path)
-    return [*written, csv_path, md_path]
+    for table, figures in TABLES.items():  # every run of the group found, whatever was asked
+        if set(figures) & set(wanted):
+            runs = figure_runs(list(figures), cases)
+            rows = [row for run in runs if (row := result_row(run, profile, out_dir)) is not None]
+            csv_path = table_dir / f"{table}_{profile.name}.csv"
+            md_path = table_dir / f"{table}_table_{profile.name}.md"
+            write_table(rows, profile, csv_path, md_path)
+            written += [csv_path, md_path]
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:

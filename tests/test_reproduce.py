@@ -44,6 +44,8 @@ def test_figure_sets_are_the_papers() -> None:
     args = Run("F16", 0.5, "dip-l1").args(quick)
     assert args[args.index("--width") + 1] == "16" and args[args.index("--crop") + 1] == "64"
     assert args[args.index("--method") + 1] == "dip" and args[args.index("--loss") + 1] == "l1"
+    dop = Run("F16", 0.5, "dop").args(quick)  # the quick profile's rule: 1000·sqrt(n/n_512)
+    assert dop[dop.index("--lr_c") + 1] == "1000" and "sqrt" in dop and "--lr_c" not in args
     swept = Run("F16", 0.5, "dop", lr_c=62.5).args(quick)
     assert swept[swept.index("--lr_c") + 1] == "62.5"
     assert swept[swept.index("--lr_c_scaling") + 1] == "none"  # the sweep sets lr_c used as is

@@ -182,11 +182,13 @@ def parser(description: str) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,  # an absent flag keeps the dataclass's default
     )
-    groups: dict[str, argparse._ArgumentGroup] = {}
+    groups: dict[str, Any] = {}  # argparse argument groups by title
     for f in dataclasses.fields(RunConfig):
         meta = f.metadata
-        group = groups.setdefault(meta["group"], p.add_argument_group(meta["group"]))
-        if meta["group"] == MODEL and f.name == "loss":  # --l1 and --loss: one setting
+        if meta["group"] not in groups:
+            groups[meta["group"]] = p.add_argument_group(meta["group"])
+        group = groups[meta["group"]]
+        if f.name == "loss":  # --l1 and --loss: one setting
             group = group.add_mutually_exclusive_group()
             group.add_argument("--l1", dest="loss", action="store_const", const="l1",
                                help="the public code's flag: --loss l1")  # fmt: skip

@@ -16,6 +16,3 @@ class Identity(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x
-
-
-OPERATORS: dict[str, type[nn.Module]] = {"identity": Identity}
