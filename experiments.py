@@ -176,7 +176,7 @@ def figure_runs(names: list[str], cases: dict[str, tuple[Case, ...]] | None = No
         "fig3": lambda: grid_runs(cases["fig3"]),
         "fig4": lambda: grid_runs(cases["fig4"]),
         "fig5": lambda: curve_runs(cases["fig3"]) + curve_runs(cases["fig4"]),
-        "readme": lambda: readme_runs(cases["fig3"][0]),
+        "readme": lambda: [run for case in cases["fig3"][:1] for run in readme_runs(case)],
         "lrc": lambda: sweep_runs(tuple(dict.fromkeys(cases["fig3"] + cases["fig4"]))),
     }
     return list(dict.fromkeys(run for name in check_names(names) for run in sets[name]()))
