@@ -16,11 +16,11 @@ FULL_ITERS = 150_000  # the public code's default
 README_ITERS = 200_000  # the public README curve runs to 200k iterations
 PAPER_IMAGES = ("F16", "Peppers", "Baboon", "kodim03")
 LEVELS = (0.1, 0.3, 0.5, 0.7)
-# The compared variants as denoising.py flags: DOP, and the two pure Deep Image Prior baselines.
+# The compared variants as RunConfig settings: DOP, and the two pure Deep Image Prior baselines.
 VARIANTS = {
-    "dop": ("--method", "dop"),
-    "dip": ("--method", "dip", "--loss", "l2"),
-    "dip-l1": ("--method", "dip", "--loss", "l1"),
+    "dop": {"method": "dop", "loss": "l2"},
+    "dip": {"method": "dip", "loss": "l2"},
+    "dip-l1": {"method": "dip", "loss": "l1"},
 }
 # The lr_c sweep: lr_c used on the image (--lr_c_scaling none), from the public 500 down by 2s.
 LR_C_SWEEP = tuple(500 / 2**k for k in range(7))
@@ -94,7 +94,8 @@ class Run:
         else:  # the sweep: lr_c used on the image, as given
             lr_c = ["--lr_c", f"{self.lr_c:g}", "--lr_c_scaling", "none"]
         argv = [
-            "--image", self.image, "--nlevel", str(self.nlevel), *VARIANTS[self.variant],
+            "--image", self.image, "--nlevel", str(self.nlevel),
+            *(arg for key, value in VARIANTS[self.variant].items() for arg in (f"--{key}", value)),
             "--width", str(profile.width(self.width)),
             "--num_iter", str(profile.num_iter(self.num_iter)), "--seed", str(self.seed),
             "--show_every", str(profile.show_every), "--save_every", str(profile.save_every),

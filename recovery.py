@@ -336,8 +336,9 @@ def snapshot(loop: Loop, iteration: int) -> list[dict | None]:
     observers = unstack_state(loop.observers.state_dict(), runs)
     states: list[dict | None] = []
     for k in range(runs):
-        finite = is_finite(models[k]) and is_finite(optimizers[k]) and is_finite(observers[k])
-        if loop.diverged_at[k] is not None or not finite:
+        if loop.diverged_at[k] is not None or not is_finite(
+            [models[k], optimizers[k], observers[k]]
+        ):
             states.append(None)
             continue
         states.append({

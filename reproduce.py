@@ -28,7 +28,7 @@ from experiments import FIGURE_NAMES, PROFILES, Case, Profile, Run, check_names,
 from utils import InputError
 from utils.config import parse
 from utils.images import DEFAULT_DATA_DIR
-from utils.rundir import RunDir
+from utils.rundir import RunDir, check_same
 
 ROOT = Path(__file__).resolve().parent
 
@@ -40,12 +40,8 @@ def run_state(run: Run, profile: Profile, out_dir: Path) -> str:
     record = rundir.config()
     if record is not None:
         wanted = parse(run.args(profile)).with_defaults().defining()
-        for key, value in wanted.items():
-            if record["settings"].get(key) != value:
-                raise InputError(
-                    f"{rundir.path('config')} was made with {key}={record['settings'].get(key)!r}, "
-                    f"not {value!r}; delete the run's files or choose another --out_dir"
-                )
+        advice = "delete the run's files or choose another --out_dir"
+        check_same(rundir.path("config"), record["settings"], wanted, advice)
         report = record["report"]
         done = report["iterations_done"] == profile.num_iter(run.num_iter)
         if report["status"] == "diverged" or (report["status"] == "finished" and done):

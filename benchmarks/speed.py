@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from denoising import pick_device  # noqa: E402  (after the path to the repository root is set)
+from experiments import VARIANTS  # noqa: E402
 from models.skip import SCALES, min_input_size  # noqa: E402
 from recovery import FitResult, Speed, build_model, fit_batch  # noqa: E402
 from utils import InputError  # noqa: E402
@@ -38,7 +39,6 @@ from utils.seeding import derive_seed  # noqa: E402
 
 SHARED_IMAGES = ROOT.parent / "shared" / "data" / "denoising"
 ABLATIONS = ("channels_last", "bf16", "compile", "foreach", "fused", "tf32")
-VARIANTS = {"dop": ("dop", "l2"), "dip": ("dip", "l2"), "dip-l1": ("dip", "l1")}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -92,8 +92,7 @@ def compare(args: argparse.Namespace) -> int:
     if size > min(pixels.shape[1:]):
         raise InputError(f"--size {size} exceeds the image {pixels.shape[1:]}")
     clean_np = centre_crop(pixels, size, size)
-    method, loss = VARIANTS[args.method]
-    cfg = RunConfig(method=method, loss=loss, width=width, num_iter=iters,
+    cfg = RunConfig(**VARIANTS[args.method], width=width, num_iter=iters,
                     show_every=max(1, iters // 10), save_every=iters)  # fmt: skip
 
     def data(seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

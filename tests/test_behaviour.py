@@ -12,15 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from experiments import VARIANTS
 from recovery import build_model, fit
 from tests.conftest import image_crop
 from utils.config import RunConfig
 from utils.metrics import psnr
 from utils.noise import salt_and_pepper
 from utils.seeding import derive_seed
-
-VARIANTS = {"dop": {"method": "dop"}, "dip": {"method": "dip"},
-            "dip-l1": {"method": "dip", "loss": "l1"}}  # fmt: skip
 
 
 def learning_curve(variant: str, num_iter: int, crop: int = 64, width: int = 16):

@@ -125,14 +125,23 @@ class RunDir:
             raise InputError(f"--resume: no checkpoint {self.path('state')}; start the run "
                              "without --resume")  # fmt: skip
         state = self.state()
-        for what, mine, theirs in (("settings", settings, state["settings"]),
-                                   ("data", data, state["data"])):  # fmt: skip
-            for key in mine:
-                if theirs.get(key) != mine[key]:
-                    raise InputError(
-                        f"--resume: {self.path('state')} was made with {what} {key}="
-                        f"{theirs.get(key)!r}, not {mine[key]!r}; use the same or another --ckpt"
-                    )
+        for saved, wanted in ((state["settings"], settings), (state["data"], data)):
+            check_same(
+                self.path("state"),
+                saved,
+                wanted,
+                "--resume needs the same; use it or another --ckpt",
+            )
         if state["iteration"] > num_iter:
             raise InputError(f"--resume: the run is already at iteration {state['iteration']}")
         return state
+
+
+def check_same(path: Path, saved: dict, wanted: dict, advice: str) -> None:
+    """InputError naming the first entry of ``wanted`` that ``saved`` (read from ``path``)
+    has with another value."""
+    for key, value in wanted.items():
+        if saved.get(key) != value:
+            raise InputError(
+                f"{path} was made with {key}={saved.get(key)!r}, not {value!r}; {advice}"
+            )
