@@ -12,6 +12,7 @@ OUT_DIR/CKPT_* (README.md, "Outputs").
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import sys
 import time
@@ -23,18 +24,18 @@ import numpy as np
 import torch
 
 from models import PRIORS, Prior
-from recovery import FitResult, build_model, fit_batch
+from recovery import FitResult, build_model, build_observers, fit_batch
 from utils import InputError
 from utils.config import RunConfig, parse
 from utils.images import EMBEDDED_DEFAULT, centre_crop, crop_to_multiple, resolve_image
-from utils.metrics import psnr
-from utils.noise import SparseNoise, salt_and_pepper
+from utils.metrics import METRICS, psnr
+from utils.noise import Corruption, corrupt
 from utils.rundir import RunDir
 from utils.seeding import derive_seed
 
 # Settings that may differ between the runs of one batch (the others must be equal).
-PER_RUN = ("image", "nlevel", "observed", "clean", "crop", "seed", "ckpt", "out_dir", "data_dir",
-           "resume", "overwrite", "quiet")  # fmt: skip
+PER_RUN = ("image", "noise", "nlevel", "mixture_sigma", "observed", "clean", "crop", "seed", "ckpt",
+           "out_dir", "data_dir", "resume", "overwrite", "quiet")  # fmt: skip
 
 
 class DivergedError(Exception):
@@ -47,7 +48,7 @@ class Data:
 
     y: np.ndarray  # (C, H, W) float32 in [0, 1]
     clean: np.ndarray | None
-    noise: SparseNoise | None  # the synthetic corruption, None for an --observed image
+    noise: Corruption | None  # the synthetic corruption, None for an --observed image
     identity: dict  # sources, sha256 and shape: recorded, and checked on --resume
 
 
@@ -108,8 +109,8 @@ def fit_to_prior(image: np.ndarray, cfg: RunConfig, prior: type[Prior], what: st
 
 
 def load_data(cfg: RunConfig) -> Data:
-    """The observation: a clean image corrupted with seeded salt-and-pepper noise, or an
-    --observed image as it is (with an optional --clean reference)."""
+    """The observation: a clean image corrupted with seeded noise (--noise), or an --observed
+    image as it is (with an optional --clean reference)."""
     prior = PRIORS[cfg.prior]
     if cfg.observed is not None:
         observed = resolve_image(cfg.observed, Path(cfg.data_dir))
@@ -134,7 +135,7 @@ def load_data(cfg: RunConfig) -> Data:
             print(f"note: {err}; using scikit-image's '{EMBEDDED_DEFAULT}'", file=sys.stderr)
             loaded = resolve_image(EMBEDDED_DEFAULT)
     clean = fit_to_prior(loaded.pixels, cfg, prior, loaded.source)
-    noise = salt_and_pepper(clean, cfg.nlevel, derive_seed(cfg.seed, "noise"))
+    noise = corrupt(clean, cfg.noise, cfg.nlevel, derive_seed(cfg.seed, "noise"), cfg.mixture_sigma)
     identity = {"image": loaded.source, "image_sha256": loaded.sha256, "shape": list(clean.shape)}
     return Data(noise.noisy, clean, noise, identity)
 
@@ -152,12 +153,16 @@ def prepare(cfg: RunConfig) -> Job | None:
     if state is not None and state["iteration"] == cfg.num_iter:
         print(f"{cfg.ckpt}: already finished at iteration {cfg.num_iter}; outputs are kept")
         return None
+    if state is not None and state["stopped_at"] is not None:
+        print(f"{cfg.ckpt}: already stopped by --stop {cfg.stop} at iteration "
+              f"{state['stopped_at']}; outputs are kept (a run with --stop_observe and another "
+              "--ckpt shows what comes after)")  # fmt: skip
+        return None
     rundir.save_image("noisy", data.y)
     if data.clean is not None:
         rundir.save_image("clean", data.clean)
     if data.noise is not None:
-        noise = data.noise
-        rundir.save_noise(noisy=noise.noisy, salt=noise.salt, pepper=noise.pepper)
+        rundir.save_noise(noisy=data.noise.noisy, **data.noise.fields)
     return Job(cfg, rundir, data, state, device, device_name)
 
 
@@ -170,7 +175,7 @@ def noisy_psnr(data: Data) -> float | None:
 def describe(job: Job, parameters: int) -> str:
     cfg, data = job.cfg, job.data
     source = data.identity.get("image") or data.identity["observed"]
-    noise = f"nlevel {cfg.nlevel}" if data.noise is not None else "observed"
+    noise = f"{cfg.noise} {cfg.nlevel:g}" if data.noise is not None else "observed"
     reference = noisy_psnr(data)
     return (
         f"{cfg.ckpt}: {cfg.method} ({cfg.loss}), {cfg.prior} prior width {cfg.width} "
@@ -179,6 +184,8 @@ def describe(job: Job, parameters: int) -> str:
         + ("" if reference is None else f" (noisy PSNR {reference:.2f} dB)")
         + f", {cfg.alg} lr {cfg.lr:g}"
         + (f" lr_c {cfg.lr_c_used(data.y.size):.4g}" if cfg.method == "dop" else "")
+        + ("" if cfg.stop == "none" else f", --stop {cfg.stop}")
+        + (" (observed only)" if cfg.stop_observe else "")
         + (", --fast" if cfg.fast else "")
     )
 
@@ -187,6 +194,8 @@ def fit_jobs(jobs: list[Job], progress: bool) -> list[int]:
     """Run jobs that share a batch key in one loop; write each run's outputs. Exit codes."""
     first = jobs[0]
     model = build_model(first.cfg, first.data.y.shape, [j.cfg.seed for j in jobs])
+    y = first.data.y
+    observers = build_observers(first.cfg, (len(jobs), *y.shape), torch.from_numpy(y).dtype)
     parameters = sum(p.numel() for p in model.prior.trainable()) // len(jobs)
     for job in jobs:
         print(describe(job, parameters), flush=True)
@@ -197,7 +206,7 @@ def fit_jobs(jobs: list[Job], progress: bool) -> list[int]:
         model.to(first.device), stack([j.data.y for j in jobs]), first.cfg,
         seeds=[j.cfg.seed for j in jobs],
         clean=stack([j.data.clean for j in jobs]) if has_clean else None,
-        states=None if first.state is None else [j.state for j in jobs],
+        observers=observers, states=None if first.state is None else [j.state for j in jobs],
         checkpoint=lambda states: [j.checkpoint(s) for j, s in zip(jobs, states, strict=True)],
         progress=progress,
     )  # fmt: skip
@@ -223,6 +232,10 @@ def finish(job: Job, result: FitResult, parameters: int, batch_size: int) -> Non
     rundir.save_image("last", result.image)
     if result.sparse is not None:  # gray = 0, white = +1 (salt), black = -1 (pepper)
         rundir.save_image("sparse", 0.5 + 0.5 * result.sparse)
+    for name, image in result.estimates.items():  # the moving average
+        rundir.save_image(name, image)
+    if cfg.stop != "none":
+        rundir.save_image("stopped", result.detections[cfg.stop]["image"])
     rundir.save_history(result.history)
     report = make_report(job, result, parameters, batch_size)
     rundir.save_config(dataclasses.asdict(cfg), job.data.identity, report)
@@ -251,9 +264,11 @@ def make_report(job: Job, result: FitResult, parameters: int, batch_size: int) -
     oracle's best row (it uses the ground truth: reported for the curves, never a result)."""
     cfg, last = job.cfg, result.history[-1]
     lr_c = cfg.lr_c_used(job.data.y.size) if cfg.method == "dop" else None
+    status = "stopped" if result.stopped_at is not None else "finished"
     report = {
-        "status": "finished" if result.diverged_at is None else "diverged",
+        "status": "diverged" if result.diverged_at is not None else status,
         "iterations_done": result.iterations, "diverged_at": result.diverged_at,
+        "stop": cfg.stop, "stopped_at": result.stopped_at,
         "device": job.device_name, "trained_parameters": parameters,
         "batch_size": batch_size,  # runs that shared the loop (and so the time) with this one
         "versions": versions(), "wall_time_s": round(time.time() - job.started, 2),
@@ -266,7 +281,28 @@ def make_report(job: Job, result: FitResult, parameters: int, batch_size: int) -
         best = max(result.history, key=lambda row: row["psnr"])
         report |= {"oracle_best_psnr_vs_clean": best["psnr"],
                    "oracle_best_iteration": best["iteration"]}  # fmt: skip
-    return report
+    return report | detection_report(result, job.data.clean, report)
+
+
+def detection_report(result: FitResult, clean: np.ndarray | None, report: dict) -> dict:
+    """Each stopping rule's detection: the iteration it chose and when it fired (None: it did
+    not fire by the end) and, with a clean image, the chosen image's PSNR/SSIM and the detection
+    gap, oracle peak − detected PSNR (the peak over the logged rows and the detected iterates:
+    it uses the ground truth)."""
+    out = {}
+    for rule, found in result.detections.items():
+        out |= {f"{rule}_detected_iteration": found["detected_iteration"],
+                f"{rule}_fired_at": found["fired_at"]}  # fmt: skip
+        if clean is not None and found["detected_iteration"] >= 0:
+            pair = [torch.from_numpy(a)[None] for a in (found["image"], clean)]
+            out |= {f"{rule}_{name}": metric(*pair).item() for name, metric in METRICS.items()}
+    if clean is not None and result.detections:
+        peak = max(report["oracle_best_psnr_vs_clean"],
+                   *(out.get(f"{rule}_psnr", -math.inf) for rule in result.detections))  # fmt: skip
+        out["oracle_peak_psnr"] = peak
+        out |= {f"oracle_{rule}_gap": peak - out[f"{rule}_psnr"]
+                for rule in result.detections if f"{rule}_psnr" in out}  # fmt: skip
+    return out
 
 
 def versions() -> dict[str, str]:

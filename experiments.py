@@ -1,16 +1,17 @@
 """The experiment sets of the paper's figures, as data: which runs each figure needs.
 
 A run is one call of denoising.py: a set of its arguments and a checkpoint name. Each figure is a
-list of cases (image, noise level) and the variants run on each (DOP, DIP with the L2 loss,
-DIP-L1); the figures share runs (F16 at 50% is in Figures 3, 4 and 5), and a run's name depends
-only on its settings, so a shared run is run once. A profile (full or quick) fixes the crop, the
-width scale, the iteration count and the lr_c scaling rule: the same figure at two profiles gives
-two disjoint sets of runs, kept in two output folders.
+list of cases (image, noise type and level) and the variants run on each (DOP, DIP with the L2
+loss, DIP-L1); the figures share runs (F16 at 50% is in Figures 3, 4 and 5), and a run's name
+depends only on its settings, so a shared run is run once. A profile (full or quick) fixes the crop,
+the width scale, the iteration count and the lr_c scaling rule: the same figure at two profiles
+gives two disjoint sets of runs, kept in two output folders.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 FULL_ITERS = 150_000  # the public code's default
 README_ITERS = 200_000  # the public README curve runs to 200k iterations
@@ -22,6 +23,11 @@ VARIANTS = {
     "dip": {"method": "dip", "loss": "l2"},
     "dip-l1": {"method": "dip", "loss": "l1"},
 }
+# The comparison table (docs/COMPARISON.md): every variant with both stopping rules watching, on
+# the early-stopping paper's levels (REFERENCE.md §3); issues that add priors add variants here.
+COMPARE_VARIANTS = ("dop", "dip", "dip-l1")
+COMPARE_NOISES = (("salt_pepper", 0.3), ("salt_pepper", 0.5), ("salt_pepper", 0.7),
+                  ("gaussian", 0.12), ("gaussian", 0.18), ("gaussian", 0.26))  # fmt: skip
 # The lr_c sweep: lr_c used on the image (--lr_c_scaling none), from the public 500 down by 2s.
 LR_C_SWEEP = tuple(500 / 2**k for k in range(7))
 SWEEP_WIDTHS = (64, 192)  # paper widths of the sweep's extra F16 50% runs (128 is in every case)
@@ -77,13 +83,19 @@ class Run:
     num_iter: int = FULL_ITERS  # the paper's iterations, before the profile's scale
     seed: int = 0  # the same seed = the same noise realization for every variant
     lr_c: float | None = None  # DOP's lr_c used on the image (the lr_c sweep); None: the profile's
+    noise: str = "salt_pepper"  # denoising.py --noise
+    observe: bool = False  # both stopping rules watch (--stop wmv --stop_observe), finer rows
 
     def ckpt(self, profile: Profile) -> str:
         sweep = "" if self.lr_c is None else f"_lrc{self.lr_c:g}"
         return (
-            f"{self.image}_p{round(self.nlevel * 100):02d}_{self.variant}"
-            f"_w{profile.width(self.width)}_s{self.seed}{sweep}"
+            f"{self.image}_{noise_tag(self.noise, self.nlevel)}_{self.variant}"
+            f"_w{profile.width(self.width)}_s{self.seed}{sweep}{'_es' if self.observe else ''}"
         )
+
+    def show_every(self, profile: Profile) -> int:
+        """Rows 5x finer for runs whose oracle peak is compared with the rules' detections."""
+        return profile.show_every // 5 if self.observe else profile.show_every
 
     def args(self, profile: Profile) -> list[str]:
         """The denoising.py arguments of this run (without --out_dir, --data_dir, --gpu)."""
@@ -94,31 +106,47 @@ class Run:
         else:  # the sweep: lr_c used on the image, as given
             lr_c = ["--lr_c", f"{self.lr_c:g}", "--lr_c_scaling", "none"]
         argv = [
-            "--image", self.image, "--nlevel", str(self.nlevel),
+            "--image", self.image, "--noise", self.noise, "--nlevel", str(self.nlevel),
             *(arg for key, value in VARIANTS[self.variant].items() for arg in (f"--{key}", value)),
             "--width", str(profile.width(self.width)),
             "--num_iter", str(profile.num_iter(self.num_iter)), "--seed", str(self.seed),
-            "--show_every", str(profile.show_every), "--save_every", str(profile.save_every),
-            "--ckpt", self.ckpt(profile), "--quiet", *lr_c,
+            "--show_every", str(self.show_every(profile)),
+            "--save_every", str(profile.save_every), "--ckpt", self.ckpt(profile), "--quiet", *lr_c,
         ]  # fmt: skip
+        if self.observe:
+            argv += ["--stop", "wmv", "--stop_observe"]
         if profile.crop is not None:
             argv += ["--crop", str(profile.crop)]
         return argv
 
 
+def noise_tag(noise: str, level: float) -> str:
+    """p50 for 50% salt-and-pepper (the paper's), gaussian0.18 for the others."""
+    return f"p{round(level * 100):02d}" if noise == "salt_pepper" else f"{noise}{level:g}"
+
+
 @dataclass(frozen=True)
 class Case:
-    """One panel of a figure: an image at a noise level."""
+    """One panel of a figure: an image at a noise level (of a noise type)."""
 
     image: str
     nlevel: float
+    noise: str = "salt_pepper"
 
     @property
     def label(self) -> str:
-        return f"{self.image}, {round(self.nlevel * 100)}%"
+        if self.noise == "salt_pepper":
+            return f"{self.image}, {round(self.nlevel * 100)}%"
+        return f"{self.image}, {self.noise} {self.nlevel:g}"
 
-    def run(self, variant: str, width: int = 128, lr_c: float | None = None) -> Run:
-        return Run(self.image, self.nlevel, variant, width, lr_c=lr_c)
+    def baselines_path(self, out_dir: Path) -> Path:
+        """Where the classical baselines' scores on this case's observation are kept."""
+        return out_dir / f"{self.image}_{noise_tag(self.noise, self.nlevel)}_s0_baselines.json"
+
+    def run(self, variant: str, width: int = 128, lr_c: float | None = None,
+            observe: bool = False) -> Run:  # fmt: skip
+        return Run(self.image, self.nlevel, variant, width, lr_c=lr_c, noise=self.noise,
+                   observe=observe)  # fmt: skip
 
 
 FIG3_CASES = tuple(Case(image, 0.5) for image in PAPER_IMAGES)
@@ -151,9 +179,16 @@ def sweep_runs(cases: tuple[Case, ...]) -> list[Run]:
     return runs + [cases[0].run("dop", w, lr_c) for w in SWEEP_WIDTHS for lr_c in LR_C_SWEEP]
 
 
+def compare_runs(cases: tuple[Case, ...]) -> list[Run]:
+    """The comparison table: every compared variant on every case, both rules watching."""
+    return [case.run(v, observe=True) for case in cases for v in COMPARE_VARIANTS]
+
+
+COMPARE_CASES = tuple(Case(image, level, noise) for image in PAPER_IMAGES
+                      for noise, level in COMPARE_NOISES)  # fmt: skip
 PAPER_FIGURES = ("fig3", "fig4", "fig5", "readme")  # what "all" names
-FIGURE_NAMES = (*PAPER_FIGURES, "lrc")
-DEFAULT_CASES = {"fig3": FIG3_CASES, "fig4": FIG4_CASES}
+FIGURE_NAMES = (*PAPER_FIGURES, "lrc", "compare")
+DEFAULT_CASES = {"fig3": FIG3_CASES, "fig4": FIG4_CASES, "compare": COMPARE_CASES}
 
 
 def check_names(names: list[str]) -> list[str]:
@@ -170,14 +205,15 @@ def figure_runs(names: list[str], cases: dict[str, tuple[Case, ...]] | None = No
     """The distinct runs of the named figures ("all" = every figure), in a stable order.
 
     ``cases`` replaces the cases of Figures 3 and 4 (and so of Figures 5, the README curve, whose
-    case is Figure 3's first, and the lr_c sweep); tests shrink them.
+    case is Figure 3's first, and the lr_c sweep) and of the comparison; tests shrink them.
     """
-    cases = cases or DEFAULT_CASES
+    cases = DEFAULT_CASES | (cases or {})
     sets = {
         "fig3": lambda: grid_runs(cases["fig3"]),
         "fig4": lambda: grid_runs(cases["fig4"]),
         "fig5": lambda: curve_runs(cases["fig3"]) + curve_runs(cases["fig4"]),
         "readme": lambda: [run for case in cases["fig3"][:1] for run in readme_runs(case)],
         "lrc": lambda: sweep_runs(tuple(dict.fromkeys(cases["fig3"] + cases["fig4"]))),
+        "compare": lambda: compare_runs(cases["compare"]),
     }
     return list(dict.fromkeys(run for name in check_names(names) for run in sets[name]()))

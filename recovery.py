@@ -9,8 +9,9 @@ The model of an observation y (K runs at once, runs along dimension 0):
 * the forward operator A (utils/operators.py; the identity for denoising),
 * the sparse-outlier term s (models/sparse.py; You, Zhu, Qu, Ma, NeurIPS 2020, arXiv 2006.08857),
 * the data-fit loss of the residual A(x) + s − y (utils/losses.py),
-* observers of every iterate that use no ground truth (utils/observers.py), and metrics against a
-  clean image, computed only when one exists (utils/metrics.py).
+* observers of every iterate that use no ground truth (utils/observers.py): an output moving
+  average, and the early-stopping rules (utils/stopping.py), one of which may end a run;
+* metrics against a clean image, computed only when one exists (utils/metrics.py).
 
 Gradient descent takes a step of ``lr`` for the prior's trainable tensors and ``lr_c`` for (g, h):
 two optimizer groups, so DOP's discrepant ratio α = lr_c / lr is one setting. The recovered image
@@ -37,10 +38,11 @@ from models import PRIORS, Prior, SparseTerm
 from utils.config import RunConfig
 from utils.losses import LOSSES
 from utils.metrics import METRICS
-from utils.observers import Observer
+from utils.observers import MovingAverage, Observer
 from utils.operators import Identity
 from utils.seeding import derive_seed
 from utils.state import is_finite, stack_states, unstack_state
+from utils.stopping import RULES, StoppingRule, stopping_rules
 
 
 class Model(nn.Module):
@@ -75,6 +77,17 @@ def build_model(
                               **prior_options)  # fmt: skip
     sparse = SparseTerm(image_shape, seeds) if cfg.method == "dop" else None
     return Model(prior, Identity(), sparse)
+
+
+def build_observers(cfg: RunConfig, shape: Sequence[int], dtype: torch.dtype) -> list[Observer]:
+    """The observers ``cfg`` asks for, for K runs of images of ``shape`` (K, C, H, W): the output
+    moving average (``--ema``) and the stopping rule (``--stop``), or every rule when
+    ``--stop_observe`` measures them."""
+    observers: list[Observer] = [] if cfg.ema is None else [MovingAverage(cfg.ema, shape, dtype)]
+    names = RULES if cfg.stop_observe else [name for name in (cfg.stop,) if name in RULES]
+    rules = stopping_rules(names, cfg.stop_window, cfg.stop_patience, cfg.stop_decay, shape,
+                           dtype)  # fmt: skip
+    return observers + rules
 
 
 @dataclass(frozen=True)
@@ -148,6 +161,9 @@ class FitResult:
     seconds: float = 0.0  # wall time of this call's loop
     steps: int = 0  # iterations run by this call
     diverged_at: int | None = None  # first logged iteration whose loss was not finite
+    stopped_at: int | None = None  # the logged row at which the stopping rule was seen fired
+    estimates: dict[str, np.ndarray] = field(default_factory=dict)  # observers' at that row
+    detections: dict[str, dict] = field(default_factory=dict)  # each rule's StoppingRule.outcome
     log_seconds: list[float] = field(default_factory=list)  # loop time at this call's rows
 
 
@@ -158,6 +174,7 @@ class Loop:
     model: Model
     optimizer: torch.optim.Optimizer
     observers: nn.ModuleList
+    stop: StoppingRule | None  # the rule that ends runs (None: no rule, or --stop_observe)
     cfg: RunConfig
     speed: Speed
     y: Tensor
@@ -166,9 +183,16 @@ class Loop:
     eta: Tensor | None  # η of the current iteration (None: no perturbation)
     histories: list[list[dict[str, float]]]
     diverged_at: list[int | None]
-    last: list[tuple[Tensor, Tensor | None] | None]  # (x, s) of each run's last finite row
+    stopped_at: list[int | None]
+    last: list[tuple[Tensor, Tensor | None, dict[str, Tensor]] | None]  # (x, s, estimates) of
+    # each run's last finite row
     log_seconds: list[float] = field(default_factory=list)
     start: int = 0
+
+    def live(self) -> list[int]:
+        """The runs still logged: neither diverged nor stopped."""
+        ended = zip(self.diverged_at, self.stopped_at, strict=True)
+        return [k for k, (diverged, stopped) in enumerate(ended) if diverged is stopped is None]
 
 
 def fit(model: Model, y: Tensor, cfg: RunConfig, *, seed: int = 0, state: dict | None = None,
@@ -205,19 +229,22 @@ def fit_batch(
     Logs every run's loss, observers' columns and (with ``clean``) metrics at every multiple of
     ``show_every`` and at the last iteration, for x of that iteration's forward pass (before its
     step), as the public code does; these rows are the loop's only host-device syncs.
-    ``checkpoint`` receives the K runs' states (each a single run's; None for a diverged run)
-    every ``save_every`` iterations and at the end; passing them back continues the runs exactly,
-    batched or one by one. A run whose loss becomes NaN or infinite stops being logged
-    (``diverged_at``); the loop stops when every run has.
+    ``checkpoint`` receives the K runs' states (each a single run's; None for a run whose last
+    checkpoint must be kept) every ``save_every`` iterations and at the end; passing them back
+    continues the runs exactly, batched or one by one. A run whose loss becomes NaN or infinite
+    stops being logged (``diverged_at``); so does a run whose stopping rule (``cfg.stop``, one of
+    ``observers``) is seen fired at a logged row (``stopped_at``: that row is its last, and its
+    state after that iteration's step its last checkpoint). The loop ends when every run has.
     """
     loop = start_loop(model, y, cfg, seeds, clean, observers, states, speed)
     forward = torch.compile(model) if loop.speed.compile else model
     model.train()  # BatchNorm uses the statistics of the current image, always
     bar = tqdm(total=cfg.num_iter, initial=loop.start, disable=not progress, dynamic_ncols=True)
-    t0, j = time.perf_counter(), loop.start
+    t0, done = time.perf_counter(), cfg.num_iter
     with precision(loop.speed):
         for j in range(loop.start, cfg.num_iter):
-            if checkpoint is not None and j > loop.start and j % cfg.save_every == 0:
+            due = j % cfg.save_every == 0 or j - 1 in loop.stopped_at  # a run stopped at j − 1
+            if checkpoint is not None and j > loop.start and due:
                 checkpoint(snapshot(loop, j))
             x, losses = evaluate(loop, forward)
             for observer in loop.observers:
@@ -225,15 +252,18 @@ def fit_batch(
             if j % cfg.show_every == 0 or j == cfg.num_iter - 1:
                 log_row(loop, j, x, losses, time.perf_counter() - t0, bar)
                 if all(d is not None for d in loop.diverged_at):
+                    done = j
                     break
             loop.optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()  # run k's parameters get the gradient of run k's loss alone
             loop.optimizer.step()
             bar.update()
+            if not loop.live():  # every run stopped (or diverged) at this row
+                done = j + 1
+                break
     bar.close()
     seconds = time.perf_counter() - t0
-    done = j if all(d is not None for d in loop.diverged_at) else cfg.num_iter
-    if checkpoint is not None and done == cfg.num_iter:
+    if checkpoint is not None:
         checkpoint(snapshot(loop, done))
     return results(loop, done, seconds)
 
@@ -257,13 +287,18 @@ def start_loop(
     if speed.channels_last:  # the prior's activations; η is drawn in the standard layout
         model.prior.to(memory_format=torch.channels_last)
     std = cfg.reg_noise_std
+    stop = None if cfg.stop_observe else next(
+        (o for o in observers if isinstance(o, StoppingRule) and o.name == cfg.stop), None
+    )  # fmt: skip
     loop = Loop(
         model=model, optimizer=make_optimizer(model, cfg, speed),
-        observers=nn.ModuleList(observers).to(device), cfg=cfg, speed=speed, y=y, clean=clean,
+        observers=nn.ModuleList(observers).to(device), stop=stop, cfg=cfg, speed=speed, y=y,
+        clean=clean,
         generators=[torch.Generator(device).manual_seed(derive_seed(s, "eta")) for s in seeds],
         eta=torch.empty(model.prior.input.shape, device=device, dtype=model.prior.input.dtype)
         if std > 0 else None,
-        histories=[[] for _ in range(runs)], diverged_at=[None] * runs, last=[None] * runs,
+        histories=[[] for _ in range(runs)], diverged_at=[None] * runs,
+        stopped_at=[None] * runs, last=[None] * runs,
     )  # fmt: skip
     if states is not None:
         restore(loop, states)
@@ -301,25 +336,37 @@ def evaluate(loop: Loop, forward: Callable) -> tuple[Tensor, Tensor]:
 
 def log_row(loop: Loop, j: int, x: Tensor, losses: Tensor, seconds: float, bar: tqdm) -> None:
     """Append row j to every live run's history, with one host sync for the whole row; a run
-    whose loss is not finite (or a value NaN) is marked diverged instead."""
+    whose loss is not finite (or a metric NaN) is marked diverged instead, and a run whose
+    stopping rule has fired is marked stopped after this row. Observers' columns may be NaN
+    (no value yet)."""
     columns = {"loss": losses.detach()}
     for observer in loop.observers:
         columns |= observer.columns()
+    observed = set(columns) - {"loss"}
+    estimates = {o.name: e for o in loop.observers if (e := o.estimate()) is not None}
     if loop.clean is not None:
-        columns |= {name: metric(x, loop.clean) for name, metric in METRICS.items()}
-    values = torch.stack([v.double() for v in columns.values()]).tolist()
+        images = {"": x} | {f"_{name}": e for name, e in estimates.items()}
+        for suffix, image in images.items():
+            columns |= {name + suffix: f(image, loop.clean) for name, f in METRICS.items()}
+    fired = [] if loop.stop is None else [loop.stop.fired]
+    values = torch.stack([v.double() for v in [*columns.values(), *fired]]).tolist()
+    fired = values.pop() if fired else [False] * len(loop.histories)
     loop.log_seconds.append(seconds)
     sparse = None if loop.model.sparse is None else loop.model.sparse().detach()
     for k, history in enumerate(loop.histories):
-        if loop.diverged_at[k] is not None:
+        if loop.diverged_at[k] is not None or loop.stopped_at[k] is not None:
             continue
         row = {"iteration": j} | {name: v[k] for name, v in zip(columns, values, strict=True)}
-        if not math.isfinite(row["loss"]) or any(math.isnan(v) for v in row.values()):
+        checked = [v for name, v in row.items() if name not in observed]
+        if not math.isfinite(row["loss"]) or any(math.isnan(v) for v in checked):
             loop.diverged_at[k] = j
             continue
         history.append(row)
-        loop.last[k] = (x[k].clone(), None if sparse is None else sparse[k].clone())
-    live = [k for k, d in enumerate(loop.diverged_at) if d is None]
+        loop.last[k] = (x[k].clone(), None if sparse is None else sparse[k].clone(),
+                        {name: e[k].clone() for name, e in estimates.items()})  # fmt: skip
+        if fired[k]:
+            loop.stopped_at[k] = j
+    live = loop.live()
     if live:  # the bar shows the mean over the live runs
         shown = {
             name: np.mean([v[k] for k in live]) for name, v in zip(columns, values, strict=True)
@@ -328,22 +375,27 @@ def log_row(loop: Loop, j: int, x: Tensor, losses: Tensor, seconds: float, bar: 
 
 
 def snapshot(loop: Loop, iteration: int) -> list[dict | None]:
-    """Each run's resumable state (None for a run that diverged or is no longer finite: its
-    divergence may not be logged yet, and its last good checkpoint must be kept)."""
+    """Each run's resumable state. None keeps a run's last checkpoint: for a run that diverged
+    or is no longer finite (its divergence may not be logged yet), and for a run that stopped
+    before the step that leads to ``iteration``."""
     runs = loop.model.runs
     models = unstack_state(loop.model.state_dict(), runs)
     optimizers = unstack_state(loop.optimizer.state_dict(), runs)
     observers = unstack_state(loop.observers.state_dict(), runs)
     states: list[dict | None] = []
     for k in range(runs):
-        if loop.diverged_at[k] is not None or not is_finite(
-            [models[k], optimizers[k], observers[k]]
+        stopped = loop.stopped_at[k]
+        if (
+            loop.diverged_at[k] is not None
+            or (stopped is not None and stopped + 1 != iteration)
+            or not is_finite([models[k], optimizers[k], observers[k]])
         ):
             states.append(None)
             continue
         states.append({
-            "iteration": iteration, "model": models[k], "optimizer": optimizers[k],
-            "observers": observers[k], "generator": loop.generators[k].get_state(),
+            "iteration": iteration, "stopped_at": stopped, "model": models[k],
+            "optimizer": optimizers[k], "observers": observers[k],
+            "generator": loop.generators[k].get_state(),
             # Rows on the show_every grid only: a final off-grid row is redone if it goes on.
             "history": [r for r in loop.histories[k] if r["iteration"] % loop.cfg.show_every == 0],
         })  # fmt: skip
@@ -352,13 +404,18 @@ def snapshot(loop: Loop, iteration: int) -> list[dict | None]:
 
 def results(loop: Loop, done: int, seconds: float) -> list[FitResult]:
     out = []
+    rules = [o for o in loop.observers if isinstance(o, StoppingRule)]
     for k, history in enumerate(loop.histories):
-        x, s = loop.last[k] or (None, None)
+        x, s, estimates = loop.last[k] or (None, None, {})
+        diverged, stopped = loop.diverged_at[k], loop.stopped_at[k]
+        ended = diverged if diverged is not None else None if stopped is None else stopped + 1
         out.append(FitResult(
             history=history, image=None if x is None else x.cpu().numpy(),
             sparse=None if s is None else s.cpu().numpy(),
-            iterations=done if loop.diverged_at[k] is None else loop.diverged_at[k],
-            seconds=seconds, steps=done - loop.start, diverged_at=loop.diverged_at[k],
+            iterations=done if ended is None else ended, seconds=seconds,
+            steps=done - loop.start, diverged_at=diverged, stopped_at=stopped,
+            estimates={name: e.cpu().numpy() for name, e in estimates.items()},
+            detections={rule.name: rule.outcome(k) for rule in rules},
             log_seconds=loop.log_seconds,
         ))  # fmt: skip
     return out

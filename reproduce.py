@@ -5,6 +5,7 @@
     python reproduce.py --quick lrc --batch 8     # the lr_c sweep
     python reproduce.py fig5 --jobs 4 --gpu 0,1   # 4 runs at a time over two GPUs
     python reproduce.py fig4 --fast --batch 8     # the fast path, up to 8 runs in one loop
+    python reproduce.py --quick compare --batch 6 --images F16,Peppers   # docs/COMPARISON.md
 
 The runs are listed in experiments.py. A finished run is reused, a killed run is resumed from its
 last checkpoint (denoising.py --resume), a run with no checkpoint is started afresh; a run whose
@@ -22,12 +23,24 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import baselines
 import denoising
 import plot
-from experiments import FIGURE_NAMES, PROFILES, Case, Profile, Run, check_names, figure_runs
+from experiments import (
+    COMPARE_VARIANTS,
+    DEFAULT_CASES,
+    FIGURE_NAMES,
+    PROFILES,
+    Case,
+    Profile,
+    Run,
+    check_names,
+    figure_runs,
+)
 from utils import InputError
 from utils.config import parse
 from utils.images import DEFAULT_DATA_DIR
+from utils.io import save_json
 from utils.rundir import RunDir, check_same
 
 ROOT = Path(__file__).resolve().parent
@@ -131,6 +144,24 @@ def run_all(
     return outcome
 
 
+def run_baselines(cases: tuple[Case, ...], profile: Profile, out_dir: Path, data_dir: Path
+                  ) -> None:  # fmt: skip
+    """The classical baselines (baselines.py) on each comparison case's observation, made as the
+    case's runs make it (same settings and seed), kept in ``Case.baselines_path``; reused when
+    there. BM3D gets the true σ for Gaussian noise and estimates it otherwise."""
+    for case in cases:
+        path = case.baselines_path(out_dir)
+        if path.is_file():
+            continue
+        out_dir.mkdir(parents=True, exist_ok=True)
+        argv = case.run(COMPARE_VARIANTS[0], observe=True).args(profile)
+        data = denoising.load_data(parse(argv + ["--data_dir", str(data_dir)]).with_defaults())
+        sigma = case.nlevel if case.noise == "gaussian" else None
+        print(f"baselines on {case.label}", flush=True)
+        rows = baselines.evaluate(data.y, data.clean, sigma)
+        save_json(path, {"case": case.label, "sigma_given": sigma, "baselines": rows})
+
+
 def reproduce(
     names: list[str],
     profile: Profile,
@@ -150,6 +181,8 @@ def reproduce(
     ``profile`` and ``cases`` may be shrunk (tests do); returns the outcome and the files written.
     """
     runs = figure_runs(names, cases)
+    if "compare" in check_names(names):
+        run_baselines((DEFAULT_CASES | (cases or {}))["compare"], profile, out_dir, data_dir)
     outcome = run_all(runs, profile, out_dir, data_dir, gpus, jobs, fast, batch)
     files = plot.draw(names, profile, out_dir, figs_dir, table_dir, cases)
     return outcome, files
@@ -168,6 +201,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="cpu, or GPU indices to spread runs over, e.g. 0,1 (default: "
                         "denoising.py's: GPU 0 when there is one, else the CPU)")  # fmt: skip
     p.add_argument("--fast", action="store_true", help="denoising.py --fast for every run")
+    p.add_argument("--images", default=None,
+                   help="only the cases of these images, e.g. F16,Peppers")  # fmt: skip
     p.add_argument(
         "--batch",
         type=int,
@@ -195,12 +230,21 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --jobs and --batch exclude each other", file=sys.stderr)
         return 2
     profile = PROFILES["quick" if args.quick else "full"]
+    cases = None
+    if args.images is not None:
+        images = set(args.images.split(","))
+        cases = {name: tuple(c for c in group if c.image in images)
+                 for name, group in DEFAULT_CASES.items()}  # fmt: skip
+        if not all(cases[name] for name in cases if name in check_names(args.figures)):
+            print(f"error: --images {args.images} leaves a figure without cases",
+                  file=sys.stderr)  # fmt: skip
+            return 2
     out_dir = args.out_dir or ROOT / "checkpoints" / profile.name
     started = time.time()
     try:
         outcome, files = reproduce(
             args.figures, profile, out_dir, args.data_dir, args.figs_dir, args.table_dir,
-            gpus=gpus, jobs=args.jobs, fast=args.fast, batch=args.batch,
+            gpus=gpus, jobs=args.jobs, fast=args.fast, batch=args.batch, cases=cases,
         )  # fmt: skip
     except KeyboardInterrupt:
         print("\ninterrupted: the same command reuses finished runs and resumes the others from "

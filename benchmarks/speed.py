@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py                  # GPU: 512x512, width 128; CPU: 128x128, width 32
     python benchmarks/speed.py --ablate --batch 4  # + each fast option alone, 4 runs batched
+    python benchmarks/speed.py --observers --repeats 5  # + the cost of each observer
 
 Both paths run the same loop (recovery.fit_batch) on the same noisy image from the same seed,
 for the same number of iterations; the faithful path is the public code's recipe (fp32, eager),
@@ -10,7 +11,9 @@ between the first and the last logged row (the first ``iters / 10`` iterations, 
 compilation and cuDNN's autotuning, are warm-up); the paths alternate over ``--repeats`` rounds,
 and the median rate of each is reported with the last-iterate PSNR. ``--batch K`` also runs K
 runs (seeds seed..seed+K-1) one after another and then batched in one loop, both on the fast path,
-and prints their aggregate iterations per second. The last line is ``speedup <fast / faithful>``.
+and prints their aggregate iterations per second. ``--observers`` also runs the faithful path with
+each observer (the output average, ES-EMV, ES-WMV) against none, alternating, and prints each
+one's cost as a fraction of an iteration. The last line is ``speedup <fast / faithful>``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from denoising import pick_device  # noqa: E402  (after the path to the repository root is set)
 from experiments import VARIANTS  # noqa: E402
 from models.skip import SCALES, min_input_size  # noqa: E402
-from recovery import FitResult, Speed, build_model, fit_batch  # noqa: E402
+from recovery import FitResult, Speed, build_model, build_observers, fit_batch  # noqa: E402
 from utils import InputError  # noqa: E402
 from utils.config import RunConfig  # noqa: E402
 from utils.images import centre_crop, resolve_image  # noqa: E402
@@ -55,6 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1, help="alternating rounds of all paths")
     p.add_argument("--ablate", action="store_true", help="also faithful + each speed option alone")
     p.add_argument("--batch", type=int, default=0, help="also K runs batched vs one by one")
+    p.add_argument("--observers", action="store_true", help="also the cost of each observer")
     return p.parse_args(argv)
 
 
@@ -102,10 +106,13 @@ def compare(args: argparse.Namespace) -> int:
         clean = torch.from_numpy(clean_np)[None].expand(len(seeds), -1, -1, -1)
         return torch.from_numpy(np.stack(noisy)).to(device), clean.to(device)
 
-    def run(speed: Speed, seeds: list[int]) -> list[FitResult]:
+    def run(speed: Speed, seeds: list[int], settings: dict | None = None) -> list[FitResult]:
         y, clean = data(seeds)
-        model = build_model(cfg, clean_np.shape, seeds).to(device)
-        results = fit_batch(model, y, cfg, seeds=seeds, clean=clean, speed=speed, progress=False)
+        run_cfg = dataclasses.replace(cfg, **(settings or {}))
+        model = build_model(run_cfg, clean_np.shape, seeds).to(device)
+        observers = build_observers(run_cfg, y.shape, y.dtype)
+        results = fit_batch(model, y, run_cfg, seeds=seeds, clean=clean, speed=speed,
+                            observers=observers, progress=False)  # fmt: skip
         return [finite(result) for result in results]
 
     fast = Speed.of(True, device)
@@ -148,9 +155,31 @@ def compare(args: argparse.Namespace) -> int:
             f"batched {batched:.2f} it/s in all ({batched / sequential:.2f}x); "
             f"largest PSNR difference between the two at any logged row {gap:.4f} dB"
         )
+    if args.observers:
+        observer_costs(lambda settings: steady_rate(run(Speed(), [args.seed], settings)[0]),
+                       args.repeats)  # fmt: skip
     speedup = statistics.median(rates["fast"]) / statistics.median(rates["faithful"])
     print(f"speedup {speedup:.2f}")
     return 0
+
+
+# What each observer costs, as settings of the run (the rules never fire within a benchmark).
+OBSERVERS = {"none": {}, "ema 0.99": {"ema": 0.99}, "ES-EMV": {"stop": "emv"},
+             "ES-WMV": {"stop": "wmv"}}  # fmt: skip
+
+
+def observer_costs(rate, repeats: int) -> None:
+    """The faithful path with each observer against none, alternating over ``repeats`` rounds:
+    median it/s and the extra time per iteration as a fraction of an iteration without one."""
+    rates: dict[str, list[float]] = {label: [] for label in OBSERVERS}
+    for _ in range(repeats):
+        for label, settings in OBSERVERS.items():
+            rates[label].append(rate(settings))
+    base = statistics.median(rates["none"])
+    print(f"{'observer (faithful path)':<28} {'it/s':>9}  cost per iteration")
+    for label in OBSERVERS:
+        median = statistics.median(rates[label])
+        print(f"{label:<28} {median:>9.2f}  {100 * (base / median - 1):+.1f}%")
 
 
 def finite(result: FitResult) -> FitResult:

@@ -168,6 +168,17 @@ def flag(name: str) -> str:
         (lambda t: ["--image", "astronaut", "--clean", tiny_png(t)], flag("--clean")),
         (lambda t: ["--observed", "astronaut", "--clean", "camera"], "one size"),
         (lambda t: ["--image", "astronaut", "--gpu", "7"], flag("--gpu")),
+        (
+            lambda t: ["--image", "astronaut", "--noise", "gaussian", "--nlevel", "-1"],
+            flag("--nlevel"),
+        ),
+        (lambda t: ["--image", "astronaut", "--noise", "poisson"], flag("--noise")),
+        (lambda t: ["--image", "astronaut", "--stop_observe"], flag("--stop_observe")),
+        (
+            lambda t: ["--image", "astronaut", "--stop", "emv", "--stop_decay", "1"],
+            flag("--stop_decay"),
+        ),
+        (lambda t: ["--image", "astronaut", "--ema", "1"], flag("--ema")),
         (lambda t: ["--image", "astronaut", "--bogus"], "unrecognized"),
     ],
 )
@@ -179,6 +190,28 @@ def test_bad_input_is_one_line_and_writes_nothing(
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and re.search(message, err) and "\n" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_noise_types_and_a_stopped_run(tmp_path: Path, capsys) -> None:
+    """--noise gaussian is saved with its draw; a stopped run writes CKPT_stopped.png and
+    CKPT_ema.png, and is not redone by --resume."""
+    args = cli(tmp_path, "--image", IMAGE, "--noise", "gaussian", "--nlevel", "0.1", "--method",
+               "dip", "--stop", "emv", "--stop_window", "5", "--stop_patience", "5", "--ema",
+               "0.9", "--num_iter", "200", "--show_every", "5")  # fmt: skip
+    assert denoising.main(args) == 0
+    run = outputs(tmp_path)
+    noise = np.load(run.path("noise"))
+    assert sorted(noise) == ["gaussian", "noisy"] and abs(noise["gaussian"].std() - 1) < 0.05
+    record = run.config()
+    report = record["report"]
+    assert record["settings"]["noise"] == "gaussian" and report["status"] == "stopped"
+    stopped = report["stopped_at"]
+    assert report["emv_fired_at"] <= stopped < 200 and report["iterations_done"] == stopped + 1
+    assert run.path("stopped").is_file() and run.path("ema").is_file()
+    assert {"psnr_ema", "ssim_ema", "emv", "emv_detected"} <= set(run.history())
+    assert denoising.main(args + ["--resume"]) == 0
+    assert "already stopped" in capsys.readouterr().out
+    assert run.config()["report"] == report
 
 
 def test_divergence_is_reported_and_keeps_finite_outputs(tmp_path: Path, capsys) -> None:

@@ -157,3 +157,26 @@ def test_run_killed_before_its_first_checkpoint_starts_over(tmp_path: Path) -> N
     assert len(outcome["started"]) == 2 and not outcome["failed"]
     with Image.open(dop.path("noisy")) as img:
         assert img.format == "PNG"
+
+
+def test_comparison_table_on_the_same_noise(tmp_path: Path) -> None:
+    """Every variant with both rules watching, and the baselines, on one observation per case."""
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    cases = {"compare": (Case("cat", 0.5), Case("cat", 0.12, "gaussian"))}
+    kw = dict(figs_dir=tmp_path / "figs", table_dir=docs, cases=cases, **CPU)
+    outcome, files = reproduce.reproduce(["compare"], TINY, out, tmp_path, batch=3, **kw)
+    assert len(outcome["started"]) == 6 and not outcome["failed"]
+    assert docs / "COMPARISON.md" in files
+    assert "Profile `tiny`" in (docs / "COMPARISON.md").read_text()
+    rows = read_rows(docs / "comparison_tiny.csv")
+    assert len(rows) == 12  # 2 cases x (3 variants + 3 baselines)
+    for noise, baseline in (("salt_pepper", "median 3×3"), ("gaussian", "BM3D (σ given)")):
+        runs = [r for r in rows if r["noise"] == noise and r["iterations"]]
+        assert len(runs) == 3 and len({r["noisy_psnr"] for r in runs}) == 1  # the same noise
+        for r in runs:
+            assert 0 <= int(r["wmv_iteration"]) < 300 and 100 < int(r["emv_iteration"]) < 300
+            assert float(r["oracle_wmv_gap"]) >= 0 and float(r["oracle_emv_gap"]) >= 0
+        [made_for] = [r for r in rows if r["noise"] == noise and r["method"] == baseline]
+        assert float(made_for["last_psnr"]) > float(runs[0]["noisy_psnr"]) + 3
+    again, _ = reproduce.reproduce(["compare"], TINY, out, tmp_path, **kw)
+    assert len(again["reused"]) == 6

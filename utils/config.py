@@ -18,11 +18,12 @@ from models import PRIORS
 from utils import InputError
 from utils.images import DEFAULT_DATA_DIR
 from utils.losses import LOSSES
+from utils.noise import NOISES
+from utils.stopping import RULES
 
 REFERENCE_NUMEL = 3 * 512 * 512  # image size at which the public lr_c = 500 was tuned
 LR_C_SCALINGS = ("none", "n", "sqrt")
 METHODS = ("dop", "dip")  # with the sparse term g⊙g − h⊙h, or the prior alone
-DEFAULT_NLEVEL = 0.5
 
 
 def setting(default: Any, help: str, group: str, *, type: Any = None, choices=None,
@@ -33,7 +34,9 @@ def setting(default: Any, help: str, group: str, *, type: Any = None, choices=No
     return field(default=default, metadata=meta)
 
 
-DATA, MODEL, OPTIM, RUN = "the data", "the model", "optimisation", "running and outputs"
+DATA, MODEL, OPTIM, STOP, RUN = ("the data", "the model", "optimisation",
+                                 "early stopping and smoothing (no ground truth)",
+                                 "running and outputs")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -43,9 +46,16 @@ class RunConfig:
         None, "clean image to corrupt: a paper image (F16, Peppers, Baboon, kodim03), a path, "
         "or a scikit-image image (astronaut, camera, coffee, ...). Default: F16, or astronaut "
         "when F16 cannot be fetched", DATA, type=str)  # fmt: skip
+    noise: str = setting(
+        "salt_pepper", "the synthetic corruption (utils/noise.py): salt_pepper (the paper's), "
+        "gaussian, mixture (gaussian plus salt_pepper outliers), shot or speckle", DATA,
+        choices=tuple(NOISES))  # fmt: skip
     nlevel: float | None = setting(
-        None, f"salt-and-pepper level: the fraction of entries (per channel) set to 0 or 1, in "
-        f"[0, 1] (default: {DEFAULT_NLEVEL})", DATA, type=float)  # fmt: skip
+        None, "the noise level: salt_pepper and mixture: the fraction of entries (per channel) "
+        "set to 0 or 1; gaussian, speckle: the std; shot: photons at full intensity (default: "
+        + ", ".join(f"{name} {kind.default:g}" for name, kind in NOISES.items()) + ")",
+        DATA, type=float)  # fmt: skip
+    mixture_sigma: float = setting(0.05, "the Gaussian std of --noise mixture", DATA)
     observed: str | None = setting(
         None, "an already corrupted image to recover, used as it is (no synthetic noise; "
         "excludes --image and --nlevel)", DATA, type=str)  # fmt: skip
@@ -89,6 +99,23 @@ class RunConfig:
     reg_noise_std: float | None = setting(
         None, "std of the fresh input perturbation eta (default: the prior's; 1/30 for skip)",
         OPTIM, type=float)  # fmt: skip
+    # --- early stopping and smoothing
+    stop: str = setting(
+        "none", "stop when a rule detects the peak, without ground truth (utils/stopping.py): "
+        "wmv (ES-WMV: the variance over a window of outputs) or emv (ES-EMV: its exponential "
+        "moving version); the image at the detected iteration is CKPT_stopped.png", STOP,
+        choices=("none", *RULES))  # fmt: skip
+    stop_window: int = setting(100, "ES-WMV's window W (and ES-EMV's burn-in)", STOP)
+    stop_patience: int = setting(
+        1000, "stop after P iterations without a new variance minimum", STOP)  # fmt: skip
+    stop_decay: float = setting(0.1, "ES-EMV's moving-average weight a", STOP)
+    stop_observe: bool = setting(
+        False, "do not stop: run to --num_iter while every rule (wmv and emv) watches, and record "
+        "what each would have detected (the comparison table's mode)", STOP)  # fmt: skip
+    ema: float | None = setting(
+        None, "also keep the exponential moving average of the output with this weight (the "
+        "DIP paper's 0.99), logged beside the raw output and saved as CKPT_ema.png", STOP,
+        type=float)  # fmt: skip
     # --- running and outputs
     ckpt: str = setting("test", "run name: outputs are OUT_DIR/CKPT_*", RUN, defines_run=False)
     out_dir: str = setting("checkpoints", "output folder (created)", RUN, defines_run=False)
@@ -120,7 +147,7 @@ class RunConfig:
         defaults = defaults or PRIORS[self.prior].defaults
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         if self.observed is None and self.nlevel is None:
-            filled["nlevel"] = DEFAULT_NLEVEL
+            filled["nlevel"] = NOISES[self.noise].default
         return dataclasses.replace(self, **filled)
 
     def lr_c_used(self, numel: int) -> float:
@@ -136,15 +163,19 @@ class RunConfig:
     def defining(self) -> dict[str, Any]:
         """The settings that define the run (a resumed run must have the same), less those that
         play no part in it (g, h's step without g, h)."""
-        unused = () if self.method == "dop" else ("lr_c", "lr_c_scaling")
+        unused = {"lr_c", "lr_c_scaling"} if self.method != "dop" else set()
+        unused |= {"mixture_sigma"} if self.noise != "mixture" else set()
+        if self.stop == "none":
+            unused |= {"stop_window", "stop_patience", "stop_decay"}
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.metadata["defines_run"] and f.name not in unused}  # fmt: skip
 
     def check(self) -> None:
         """Refuse bad values with a message that names the flag."""
         bad = [
-            (self.nlevel is not None and not 0.0 <= self.nlevel <= 1.0,
-             "--nlevel must be in [0, 1]"),
+            (self.nlevel is not None and not NOISES[self.noise].valid(self.nlevel),
+             f"--nlevel of --noise {self.noise} must be {NOISES[self.noise].meaning}"),
+            (not self.mixture_sigma >= 0, "--mixture_sigma must be >= 0"),
             (self.observed is not None and (self.image, self.nlevel) != (None, None),
              "--observed is used as it is: it excludes --image and --nlevel"),
             (self.clean is not None and self.observed is None,
@@ -157,6 +188,12 @@ class RunConfig:
             (self.reg_noise_std is not None and not self.reg_noise_std >= 0,
              "--reg_noise_std must be >= 0"),
             (self.seed < 0, "--seed must be >= 0"),
+            (self.stop_window < 1 or self.stop_patience < 1,
+             "--stop_window and --stop_patience must be >= 1"),
+            (not 0 < self.stop_decay < 1, "--stop_decay must be in (0, 1)"),
+            (self.stop_observe and self.stop == "none",
+             "--stop_observe measures a rule: give --stop wmv or emv"),
+            (self.ema is not None and not 0 <= self.ema < 1, "--ema must be in [0, 1)"),
             (self.show_every < 1 or self.save_every < 1 or self.save_every % self.show_every,
              "--save_every must be a positive multiple of --show_every (>= 1)"),
             (self.crop is not None and self.crop < 1, "--crop must be positive"),

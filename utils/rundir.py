@@ -21,12 +21,15 @@ from PIL import Image
 from utils import InputError
 from utils.io import save_csv, save_json, save_npz, save_png, save_torch
 
-FORMAT = 2  # of config.json and state.pt; 2: one RunConfig, derived seed streams (2026-11-25)
+FORMAT = 3  # of config.json and state.pt; 2: one RunConfig, derived seed streams; 3: noise types,
+# stopping rules (2026-11-25)
 FILES = {
     "last": "last.png",  # the last iterate of the prior's output x
     "noisy": "noisy.png",  # the observation y
     "clean": "clean.png",  # the reference, when there is one
     "sparse": "sparse.png",  # DOP's g⊙g − h⊙h, shown as 0.5 + s/2
+    "stopped": "stopped.png",  # x at the iteration the stopping rule (--stop) detected
+    "ema": "ema.png",  # the output's moving average (--ema) at the last iterate
     "history": "history.csv",  # the logged rows
     "config": "config.json",  # settings, data and report
     "noise": "noise.npz",  # the synthetic corruption: noisy, salt, pepper

@@ -1,0 +1,148 @@
+"""Early stopping without ground truth: ES-WMV and ES-EMV (Wang, Li, Zhuang, Chen, Liang, Sun,
+"Early Stopping for Deep Image Prior", TMLR 2023, arXiv 2112.06074; public code
+sun-umn/Early_Stopping_for_DIP, notebooks ES_WMV.ipynb and ES_EMV.ipynb).
+
+A DIP-type fit first learns the image, then the noise; near the peak of its PSNR the outputs
+x_t change least. Both rules score how much the outputs still move, keep the score's running
+minimum, and fire once P iterations (``--stop_patience``, 1000) pass without a new minimum:
+
+* ES-WMV: the variance over a window of the last W outputs (``--stop_window``, 100), per entry,
+
+      VAR_t = (1/W) Σ_{i=t−W+1..t} mean_entries((x_i − m_t)²),   m_t = (1/W) Σ_i x_i,
+
+  scored from iteration W − 1 on (the first full window).
+* ES-EMV: its exponential moving version, a = ``--stop_decay`` (0.1), EMA_0 = x_0, EMV_0 = 0,
+
+      δ = x_t − EMA_{t−1},  EMA_t = EMA_{t−1} + a δ,  EMV_t = (1 − a)(EMV_{t−1} + a ‖δ‖²),
+
+  with the full squared norm ‖δ‖² over all entries, as the notebook, scored after t > W.
+
+The detected image is x_{t*} at the minimum t* (for WMV the newest iterate of the window, as the
+notebook reports and the talk's Algorithm 1 returns: the window ending at t* is the one whose
+outputs agree best, and x_{t*} is the only one of its iterates the rule can hold without keeping
+W copies). A rule that has fired keeps its detection: later iterates change nothing. The rules
+watch the raw output x, as the paper's; the moving average (``--ema``) is a separate estimate.
+Every update is tensor arithmetic on the device (``torch.where`` instead of branches): the loop
+reads ``fired`` only at logged rows, so a run stops at the first logged row after the rule fires.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from utils.observers import Observer
+
+
+class StoppingRule(Observer):
+    """The running minimum of a score and the patience rule, for K runs."""
+
+    def __init__(self, patience: int, shape: Sequence[int], dtype: torch.dtype) -> None:
+        super().__init__()
+        runs = shape[0]
+        self.patience = patience
+        self.register_buffer("score", torch.full((runs,), float("nan"), dtype=torch.float64))
+        self.register_buffer("best", torch.full((runs,), float("inf"), dtype=torch.float64))
+        self.register_buffer("best_iteration", torch.full((runs,), -1, dtype=torch.long))
+        self.register_buffer("best_x", torch.zeros(tuple(shape), dtype=dtype))
+        self.register_buffer("wait", torch.zeros(runs, dtype=torch.long))
+        self.register_buffer("fired", torch.zeros(runs, dtype=torch.bool))
+        self.register_buffer("fired_at", torch.full((runs,), -1, dtype=torch.long))
+
+    def consider(self, iteration: int, score: Tensor, x: Tensor) -> None:
+        """One patience step with the score of iterate ``x`` (runs that fired are frozen)."""
+        active = ~self.fired
+        better = active & (score < self.best)
+        self.score = score
+        self.best = torch.where(better, score, self.best)
+        self.best_iteration = torch.where(better, iteration, self.best_iteration)
+        self.best_x = torch.where(better.view(-1, *[1] * (x.dim() - 1)), x, self.best_x)
+        self.wait = torch.where(better, 0, self.wait + active.long())
+        newly = active & (self.wait >= self.patience)
+        self.fired = self.fired | newly
+        self.fired_at = torch.where(newly, iteration, self.fired_at)
+
+    def columns(self) -> dict[str, Tensor]:
+        return {self.name: self.score, f"{self.name}_detected": self.best_iteration}
+
+    def outcome(self, run: int) -> dict:
+        """Run ``run``'s detection (a host sync: call it after the loop)."""
+        fired_at = int(self.fired_at[run])
+        return {
+            "detected_iteration": int(self.best_iteration[run]),
+            "fired_at": None if fired_at < 0 else fired_at,
+            "image": self.best_x[run].cpu().numpy(),
+        }
+
+
+class WindowedVariance(StoppingRule):
+    """ES-WMV. A ring buffer of the last W outputs and their running sums in float64 (which
+    hold sums of float32 values exactly), so a step costs O(C·H·W), not O(W·C·H·W)."""
+
+    name = "wmv"
+
+    def __init__(self, window: int, patience: int, shape: Sequence[int],
+                 dtype: torch.dtype = torch.float32) -> None:  # fmt: skip
+        super().__init__(patience, shape, dtype)
+        self.window = window
+        runs, *image = shape
+        self.register_buffer("ring", torch.zeros((runs, window, *image), dtype=dtype))
+        self.register_buffer("sum", torch.zeros(tuple(shape), dtype=torch.float64))
+        self.register_buffer("sum_sq", torch.zeros(tuple(shape), dtype=torch.float64))
+
+    def update(self, iteration: int, x: Tensor) -> None:
+        slot = iteration % self.window
+        if iteration >= self.window:  # x_{t−W} leaves the window
+            old = self.ring[:, slot].double()
+            self.sum.sub_(old)
+            self.sum_sq.sub_(old.square())
+        self.ring[:, slot] = x
+        new = x.double()
+        self.sum.add_(new)
+        self.sum_sq.add_(new.square())
+        if iteration >= self.window - 1:
+            mean = self.sum / self.window
+            variance = (self.sum_sq / self.window - mean.square()).flatten(1).mean(1)
+            self.consider(iteration, variance, x)
+
+
+class ExponentialVariance(StoppingRule):
+    """ES-EMV: an exponential moving average and variance of the outputs, O(C·H·W) a step and
+    one image of memory."""
+
+    name = "emv"
+
+    def __init__(self, decay: float, burn_in: int, patience: int, shape: Sequence[int],
+                 dtype: torch.dtype = torch.float32) -> None:  # fmt: skip
+        super().__init__(patience, shape, dtype)
+        self.decay, self.burn_in = decay, burn_in
+        self.register_buffer("average", torch.zeros(tuple(shape), dtype=dtype))
+        self.register_buffer("variance", torch.zeros(shape[0], dtype=torch.float64))
+
+    def update(self, iteration: int, x: Tensor) -> None:
+        if iteration == 0:
+            self.average.copy_(x)
+            self.variance.zero_()
+            return
+        a = self.decay
+        delta = x - self.average
+        self.average.add_(delta, alpha=a)
+        squared = delta.double().square().flatten(1).sum(1)
+        self.variance = (1 - a) * (self.variance + a * squared)
+        if iteration > self.burn_in:
+            self.consider(iteration, self.variance, x)
+
+
+RULES = ("wmv", "emv")
+
+
+def stopping_rules(names: Sequence[str], window: int, patience: int, decay: float,
+                   shape: Sequence[int], dtype: torch.dtype) -> list[StoppingRule]:  # fmt: skip
+    """The rules named (of ``RULES``) for K runs of images of ``shape`` = (K, C, H, W)."""
+    make = {
+        "wmv": lambda: WindowedVariance(window, patience, shape, dtype),
+        "emv": lambda: ExponentialVariance(decay, window, patience, shape, dtype),
+    }
+    return [make[name]() for name in names]
