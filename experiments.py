@@ -13,9 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from utils import images
+
 FULL_ITERS = 150_000  # the public code's default
 README_ITERS = 200_000  # the public README curve runs to 200k iterations
-PAPER_IMAGES = ("F16", "Peppers", "Baboon", "kodim03")
+PAPER_IMAGES = tuple(images.PAPER_IMAGES)  # F16, Peppers, Baboon, kodim03
 LEVELS = (0.1, 0.3, 0.5, 0.7)
 # The compared variants as RunConfig settings: DOP, and the two pure Deep Image Prior baselines.
 VARIANTS = {

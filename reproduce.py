@@ -6,25 +6,34 @@
     python reproduce.py fig5 --jobs 4 --gpu 0,1   # 4 runs at a time over two GPUs
     python reproduce.py fig4 --fast --batch 8     # the fast path, up to 8 runs in one loop
     python reproduce.py --quick compare --batch 6 --images F16,Peppers   # docs/COMPARISON.md
+    python reproduce.py fig3 fig4 --launcher slurm --partition gpu   # a Slurm job array
+    python reproduce.py fig3 fig4 --collect       # figures and tables from the finished runs
 
 The runs are listed in experiments.py. A finished run is reused, a killed run is resumed from its
 last checkpoint (denoising.py --resume), a run with no checkpoint is started afresh; a run whose
 saved settings differ from the set's is refused. Outputs go to --out_dir (checkpoints/full or
 checkpoints/quick), figures to figs/, tables to docs/.
+
+--launcher slurm submits the missing runs as one Slurm job array through submitit (launcher.py;
+pip install -e ".[slurm]") and returns (--wait: waits for them and draws); a rerun, or --collect,
+draws the figures and tables once they have finished.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import baselines
 import denoising
+import launcher
 import plot
 from experiments import (
     COMPARE_VARIANTS,
@@ -39,7 +48,7 @@ from experiments import (
 )
 from utils import InputError
 from utils.config import parse
-from utils.images import DEFAULT_DATA_DIR
+from utils.images import DEFAULT_DATA_DIR, PAPER_IMAGES, fetch_paper_image
 from utils.io import save_json
 from utils.rundir import RunDir, check_same
 
@@ -84,23 +93,11 @@ def launch(argv: list[str], log: Path, threads: int) -> int:
         return subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
 
 
-def run_all(
-    runs: list[Run],
-    profile: Profile,
-    out_dir: Path,
-    data_dir: Path,
-    gpus: tuple[str, ...] | None = None,
-    jobs: int = 1,
-    fast: bool = False,
-    batch: int = 1,
-) -> dict[str, list[str]]:
-    """Run the missing runs: in this process one by one (jobs = 1), ``jobs`` subprocesses at a
-    time spread over ``gpus`` (None: denoising.py's default device; ("cpu",): the CPU), or
-    (batch > 1) in this process with up to ``batch`` compatible runs sharing one loop
-    (``denoising.run_batch``, on the first of ``gpus``).
-
-    Returns the checkpoint names by outcome: reused, resumed, started, failed.
-    """
+def sort_runs(
+    runs: list[Run], profile: Profile, out_dir: Path
+) -> tuple[dict[str, list[str]], list[tuple[Run, str]]]:
+    """The runs to reuse (and those refused, as failed) by outcome, and the others with what to
+    do with each (resume or start)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     outcome: dict[str, list[str]] = {"reused": [], "resumed": [], "started": [], "failed": []}
     todo = []
@@ -115,6 +112,34 @@ def run_all(
             outcome["reused"].append(run.ckpt(profile))
         else:
             todo.append((run, action))
+    return outcome, todo
+
+
+def run_all(
+    runs: list[Run],
+    profile: Profile,
+    out_dir: Path,
+    data_dir: Path,
+    gpus: tuple[str, ...] | None = None,
+    jobs: int = 1,
+    fast: bool = False,
+    batch: int = 1,
+    executor: Any = None,
+    wait: bool = False,
+) -> dict[str, list[str]]:
+    """Run the missing runs: in this process one by one (jobs = 1), ``jobs`` subprocesses at a
+    time spread over ``gpus`` (None: denoising.py's default device; ("cpu",): the CPU), or
+    (batch > 1) in this process with up to ``batch`` compatible runs sharing one loop
+    (``denoising.run_batch``, on the first of ``gpus``). With a submitit ``executor`` (Slurm, or
+    a local one in tests) they are submitted as one job array instead (``submit_all``).
+
+    Returns the checkpoint names by outcome: reused, resumed, started, failed (and, with an
+    executor, submitted and in flight).
+    """
+    outcome, todo = sort_runs(runs, profile, out_dir)
+    if executor is not None:
+        return submit_all(todo, profile, out_dir, data_dir, gpus, fast, batch, executor, wait,
+                          outcome)  # fmt: skip
     threads = max(1, (os.cpu_count() or 1) // jobs)  # per subprocess, unless OMP_NUM_THREADS
     gpu_of = lambda index: None if gpus is None else gpus[index % len(gpus)]  # noqa: E731
 
@@ -162,6 +187,41 @@ def run_baselines(cases: tuple[Case, ...], profile: Profile, out_dir: Path, data
         save_json(path, {"case": case.label, "sigma_given": sigma, "baselines": rows})
 
 
+def submit_all(
+    todo: list[tuple[Run, str]],
+    profile: Profile,
+    out_dir: Path,
+    data_dir: Path,
+    gpus: tuple[str, ...] | None,
+    fast: bool,
+    batch: int,
+    executor: Any,
+    wait: bool,
+    outcome: dict[str, list[str]],
+) -> dict[str, list[str]]:
+    """Submit the runs of ``todo`` as one job array (launcher.py), but those whose job from an
+    earlier call is still queued or running (in flight). Without ``wait`` the others are
+    "submitted"; with it, they are started, resumed or failed once their jobs have ended."""
+    gpu = None if gpus is None else gpus[0]  # None (each job's GPU) or "cpu"
+    argvs = {run.ckpt(profile): run_argv(run, profile, action, out_dir, data_dir, gpu, fast)
+             for run, action in todo}  # fmt: skip
+    busy = launcher.in_flight(executor, list(argvs))
+    for image in sorted({run.image for run, _ in todo if run.ckpt(profile) not in busy}):
+        if image in PAPER_IMAGES:  # fetched here, once: the jobs' nodes may have no internet
+            fetch_paper_image(image, data_dir)
+    jobs = launcher.submit(executor, {k: v for k, v in argvs.items() if k not in busy}, batch)
+    outcome["in flight"] = busy
+    if not wait:
+        return outcome | {"submitted": [name for name in argvs if name not in busy]}
+    launcher.wait(jobs)
+    for run, action in todo:
+        if run.ckpt(profile) not in busy:
+            done = run_state(run, profile, out_dir) == "reuse"
+            key = "failed" if not done else ("resumed" if action == "resume" else "started")
+            outcome[key].append(run.ckpt(profile))
+    return outcome
+
+
 def reproduce(
     names: list[str],
     profile: Profile,
@@ -175,15 +235,29 @@ def reproduce(
     fast: bool = False,
     batch: int = 1,
     cases: dict[str, tuple[Case, ...]] | None = None,
+    executor: Any = None,
+    wait: bool = False,
+    collect: bool = False,
 ) -> tuple[dict[str, list[str]], list[Path]]:
     """Run the runs of the named figures that are missing, then draw them and write the table.
 
-    ``profile`` and ``cases`` may be shrunk (tests do); returns the outcome and the files written.
+    With a submitit ``executor`` the runs are submitted (``run_all``) and the figures drawn only
+    when none is left to a job. ``collect``: run nothing, draw what has finished, and name the
+    others as missing. ``profile`` and ``cases`` may be shrunk (tests do); returns the outcome
+    and the files written.
     """
     runs = figure_runs(names, cases)
-    if "compare" in check_names(names):
-        run_baselines((DEFAULT_CASES | (cases or {}))["compare"], profile, out_dir, data_dir)
-    outcome = run_all(runs, profile, out_dir, data_dir, gpus, jobs, fast, batch)
+    if collect:
+        outcome, todo = sort_runs(runs, profile, out_dir)
+        outcome = {"reused": outcome["reused"], "missing": [r.ckpt(profile) for r, _ in todo],
+                   "failed": outcome["failed"]}  # fmt: skip
+    else:
+        if "compare" in check_names(names):
+            run_baselines((DEFAULT_CASES | (cases or {}))["compare"], profile, out_dir, data_dir)
+        outcome = run_all(runs, profile, out_dir, data_dir, gpus, jobs, fast, batch, executor,
+                          wait)  # fmt: skip
+    if outcome.get("submitted") or outcome.get("in flight"):
+        return outcome, []
     files = plot.draw(names, profile, out_dir, figs_dir, table_dir, cases)
     return outcome, files
 
@@ -208,8 +282,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=1,
         help="up to N runs of the same shape and method in one loop, in this process (on the "
-        "first --gpu); excludes --jobs",
+        "first --gpu; with --launcher slurm: in one job); excludes --jobs",
     )
+    p.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                   help="local: run here (default); slurm: submit the missing runs as one Slurm "
+                        "job array (submitit) and return")  # fmt: skip
+    p.add_argument("--collect", action="store_true",
+                   help="run nothing: draw the figures and tables from the finished runs and "
+                        "name the missing ones")  # fmt: skip
+    p.add_argument("--wait", action="store_true",
+                   help="--launcher slurm: wait for the jobs, then draw")  # fmt: skip
+    slurm = p.add_argument_group(
+        "--launcher slurm: the job array (a flag given wins over --slurm_config, which wins over "
+        "the defaults)"
+    )
+    helps = {
+        "partition": "Slurm partition (default: the cluster's)",
+        "gpus_per_job": "GPUs of each job (default %s; 0 for CPU jobs)",
+        "cpus_per_job": "CPUs of each job, and its torch threads (default %s)",
+        "timeout_min": "time limit of each job, in minutes (default %s); a job that reaches it "
+        "is requeued and its runs resume from their last checkpoints",
+        "mem_gb": "memory of each job, in GB (default %s)",
+        "array_parallelism": "jobs of the array running at once (default %s)",
+    }
+    for flag, (_, default) in launcher.FLAGS.items():
+        slurm.add_argument(f"--{flag}", type=str if default is None else int, default=None,
+                           help=helps[flag].replace("%s", str(default)))  # fmt: skip
+    slurm.add_argument("--slurm_config", type=Path, default=None,
+                       help="a JSON object of these parameters (by the flags' names) and of any "
+                            "other of submitit's SlurmExecutor: account, qos, constraint, setup "
+                            "(shell lines run before each job), ...")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -229,6 +331,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs > 1 and args.batch > 1:
         print("error: --jobs and --batch exclude each other", file=sys.stderr)
         return 2
+    slurm = args.launcher == "slurm"
+    if args.wait and not slurm:
+        print("error: --wait goes with --launcher slurm", file=sys.stderr)
+        return 2
+    if slurm and (args.jobs > 1 or gpus not in (None, ("cpu",))):
+        print("error: --launcher slurm runs each job on its own GPUs (--gpus_per_job): no --jobs, "
+              "and --gpu only as cpu", file=sys.stderr)  # fmt: skip
+        return 2
     profile = PROFILES["quick" if args.quick else "full"]
     cases = None
     if args.images is not None:
@@ -240,12 +350,25 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)  # fmt: skip
             return 2
     out_dir = args.out_dir or ROOT / "checkpoints" / profile.name
+    executor = None
+    if slurm and not args.collect:
+        flags = {name: getattr(args, name) for name in launcher.FLAGS}
+        try:
+            options = launcher.read_options(args.slurm_config, flags)
+            executor = launcher.slurm_executor(out_dir.resolve() / "submitit", options)
+        except InputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     started = time.time()
     try:
         outcome, files = reproduce(
             args.figures, profile, out_dir, args.data_dir, args.figs_dir, args.table_dir,
             gpus=gpus, jobs=args.jobs, fast=args.fast, batch=args.batch, cases=cases,
+            executor=executor, wait=args.wait, collect=args.collect,
         )  # fmt: skip
+    except InputError as err:  # e.g. a paper image that cannot be fetched before submitting
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted: the same command reuses finished runs and resumes the others from "
               "their last checkpoint", file=sys.stderr)  # fmt: skip
@@ -254,6 +377,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"profile {profile.name}: {counts}; {time.time() - started:.0f} s")
     for path in files:
         print(f"wrote {path}")
+    if outcome.get("submitted") or outcome.get("in flight"):
+        line = shlex.join(["python", "reproduce.py", *(sys.argv[1:] if argv is None else argv)])
+        print(
+            f"when the jobs have ended: {line} --collect (or the same command again: it "
+            "draws once every run has finished, and submits again those that did not)"
+        )
+    if outcome.get("missing"):
+        print(f"error: runs not finished: {', '.join(outcome['missing'])}", file=sys.stderr)
+        return 1
     if outcome["failed"]:
         print(f"error: failed runs: {', '.join(outcome['failed'])}", file=sys.stderr)
         return 1

@@ -47,7 +47,8 @@ class RunDir:
 
     @property
     def log(self) -> Path:
-        """Where reproduce.py sends a subprocess's output (not a run file: never removed)."""
+        """Where reproduce.py sends a subprocess's output, or (--launcher slurm) a link to its
+        job's log (not a run file: never removed)."""
         return Path(self.out_dir) / f"{self.ckpt}.log"
 
     def existing(self) -> list[Path]:

@@ -1,0 +1,246 @@
+"""Run sets of denoising.py command lines as one Slurm job array, through submitit.
+
+reproduce.py hands its missing runs here with ``--launcher slurm``: every array task runs one
+command line (with ``--batch N``, up to N compatible ones in one loop) in its own Python process,
+on the GPUs Slurm gives it. A task that reaches its time limit, or is preempted, is requeued, and
+every start of a task goes on with its runs from their folders: ``--resume`` from the last
+checkpoint (at most ``--save_every`` iterations are lost), ``--overwrite`` over what a run killed
+before its first checkpoint left. Nothing here schedules anything: submitit writes the sbatch
+script, submits the array and requeues; this module only turns command lines into its jobs.
+
+Files, in the executor's folder (reproduce.py: ``OUT_DIR/submitit``): submitit's
+``JOBID_submission.sh`` (the sbatch script), ``JOBID_TASK_0_log.out`` (each task's output, stdout
+and stderr), its pickles, and ``jobs.json`` (the last job of every run, so that a rerun leaves a
+run whose job is still queued or running to it). Beside the run's outputs, ``OUT_DIR/CKPT.log`` is
+a link to its job's log.
+
+submitit is imported only when a job is submitted (``pip install -e ".[slurm]"``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from utils import InputError
+
+ROOT = Path(__file__).resolve().parent
+RECORD = "jobs.json"  # run name -> the id of its last job, in the executor's folder
+MAX_TIMEOUTS = 10  # requeues after a time-out per job (preemptions are not counted)
+# The flags of reproduce.py that set a Slurm parameter, their submitit names and defaults.
+FLAGS = {
+    "partition": ("partition", None),  # None: the cluster's default partition
+    "gpus_per_job": ("gpus_per_node", 1),
+    "cpus_per_job": ("cpus_per_task", 4),
+    "timeout_min": ("time", 240),
+    "mem_gb": ("mem", 32),
+    "array_parallelism": ("array_parallelism", 64),
+}
+# sacct states of a job that still holds its runs (a rerun does not submit them again).
+ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
+          "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}  # fmt: skip
+
+
+def import_submitit() -> Any:
+    """The submitit module, or a one-line InputError saying how to install it."""
+    try:
+        import submitit
+    except ImportError:
+        raise InputError('the Slurm launcher needs submitit: pip install -e ".[slurm]"') from None
+    return submitit
+
+
+def read_options(path: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
+    """The Slurm parameters: FLAGS' defaults, then the JSON file ``path`` (keys: the flags'
+    names, or any other parameter of submitit's SlurmExecutor, e.g. account, qos, constraint,
+    setup), then the flags given (None: not given). Keys are reproduce.py's flag names."""
+    options = {name: default for name, (_, default) in FLAGS.items()}
+    if path is not None:
+        try:
+            loaded = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            raise InputError(f"--slurm_config {path}: {err}") from None
+        if not isinstance(loaded, dict):
+            raise InputError(f"--slurm_config {path}: expected a JSON object of parameters")
+        renamed = {slurm: flag for flag, (slurm, _) in FLAGS.items() if slurm != flag}
+        for key in loaded:
+            if key in renamed:
+                raise InputError(f"--slurm_config {path}: write {key!r} as {renamed[key]!r}")
+        options |= loaded
+    options |= {name: value for name, value in flags.items() if value is not None}
+    for name in ("gpus_per_job", "cpus_per_job", "timeout_min", "mem_gb", "array_parallelism"):
+        value = options[name]
+        least = 0 if name == "gpus_per_job" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise InputError(f"--{name} must be an integer >= {least}, got {value!r}")
+    return options
+
+
+def slurm_parameters(options: dict[str, Any]) -> dict[str, Any]:
+    """submitit SlurmExecutor parameters from ``read_options``' result. Every task runs in the
+    repository (its jobs unpickle ``launcher``), with as many CPU threads as it has CPUs, and
+    writes stdout and stderr to one log."""
+    params = {FLAGS[k][0] if k in FLAGS else k: v for k, v in options.items() if v is not None}
+    params["mem"] = f"{params['mem']}GB"
+    if not params["gpus_per_node"]:  # CPU jobs: no GPU request at all
+        del params["gpus_per_node"]
+    params["setup"] = [
+        *params.get("setup", []),
+        f"cd {shlex.quote(str(ROOT))}",
+        "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}",
+    ]
+    return {"job_name": "reproduce", "stderr_to_stdout": True} | params
+
+
+def slurm_executor(folder: Path, options: dict[str, Any]) -> Any:
+    """A submitit SlurmExecutor writing to ``folder``; InputError without submitit or Slurm, or
+    for a parameter submitit does not know."""
+    submitit = import_submitit()
+    try:
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=MAX_TIMEOUTS)
+    except RuntimeError as err:  # no srun on the PATH
+        raise InputError(f"--launcher slurm: {err}") from None
+    try:
+        executor.update_parameters(**slurm_parameters(options))
+    except ValueError as err:  # its message lists every valid parameter, over many lines
+        first = str(err).splitlines()[0]
+        raise InputError(f"--launcher slurm: {first} (see submitit's SlurmExecutor)") from None
+    return executor
+
+
+def restart_argv(argv: list[str]) -> list[str]:
+    """``argv`` to go on with its run: ``--resume`` when the run has a checkpoint, else
+    ``--overwrite`` over what a run killed before its first checkpoint left (or nothing)."""
+    from utils.config import parse
+    from utils.rundir import RunDir
+
+    argv = [a for a in argv if a not in ("--resume", "--overwrite")]
+    cfg = parse(argv)
+    rundir = RunDir(Path(cfg.out_dir), cfg.ckpt)
+    if rundir.path("state").is_file():
+        return [*argv, "--resume"]
+    return [*argv, "--overwrite"] if rundir.existing() else argv
+
+
+@dataclasses.dataclass(frozen=True)
+class Runs:
+    """One array task: denoising.py command lines run in this process (``max_batch`` > 1: those
+    that can share a loop, batched, as ``reproduce.py --batch``).
+
+    Every start of the task goes on with each run from what its folder holds (``restart_argv``),
+    so a task started again in any way (requeued by submitit after its signal, or by Slurm itself
+    after a preemption or a node failure) resumes its runs from their last checkpoints. submitit
+    calls ``checkpoint`` on its signal (a time limit close, or a preemption where the cluster
+    sends it) and requeues what it returns; a callable with a ``checkpoint`` method is what
+    submitit's ``helpers.Checkpointable`` is, not imported here so that the module loads without
+    submitit.
+    """
+
+    argvs: tuple[tuple[str, ...], ...]
+    max_batch: int = 1
+
+    @property
+    def names(self) -> list[str]:
+        return [argv[argv.index("--ckpt") + 1] for argv in self.argvs]
+
+    def __call__(self) -> list[int]:
+        """Run the command lines; their exit codes (0 finished, 1 diverged). Raises when a run
+        failed otherwise, so that the task ends FAILED in sacct."""
+        import denoising
+
+        argvs = [restart_argv(list(argv)) for argv in self.argvs]
+        for argv in argvs:
+            print("python denoising.py " + shlex.join(argv), flush=True)
+        if len(argvs) == 1:
+            codes = [denoising.main(argvs[0])]
+        else:
+            codes = denoising.run_batch(argvs, self.max_batch)
+        failed = [f"{n} (exit {c})" for n, c in zip(self.names, codes, strict=True) if c > 1]
+        if failed:
+            raise RuntimeError(f"failed runs: {', '.join(failed)}")
+        return codes
+
+    def checkpoint(self) -> Any:
+        """This task again: submitit requeues it, and it goes on from the runs' checkpoints."""
+        from submitit.helpers import DelayedSubmission
+
+        print(f"requeued: {', '.join(self.names)} go on from their checkpoints", flush=True)
+        return DelayedSubmission(self)
+
+
+def tasks(argvs: list[list[str]], max_batch: int) -> list[Runs]:
+    """The array's tasks: one command line each, or up to ``max_batch`` that differ only in
+    per-run settings (denoising.PER_RUN: image, level, seed, name, ...), so that they can share
+    a loop."""
+    if max_batch == 1:
+        return [Runs((tuple(argv),)) for argv in argvs]
+    from denoising import PER_RUN
+    from utils.config import parse
+
+    groups: dict[tuple, list[tuple[str, ...]]] = {}
+    for argv in argvs:
+        shared = {k: v for k, v in dataclasses.asdict(parse(argv)).items() if k not in PER_RUN}
+        groups.setdefault(tuple(shared.items()), []).append(tuple(argv))
+    return [Runs(tuple(group[i : i + max_batch]), max_batch)
+            for group in groups.values() for i in range(0, len(group), max_batch)]  # fmt: skip
+
+
+def in_flight(executor: Any, names: list[str]) -> list[str]:
+    """Those of ``names`` whose last job (in ``jobs.json``) is still queued or running."""
+    record = read_record(Path(executor.folder))
+    jobs = {name: record[name] for name in names if name in record}
+    states = {}
+    for job_id in set(jobs.values()):
+        job = executor.job_class(folder=executor.folder, job_id=job_id)
+        states[job_id] = str(job.state).split(" ")[0].upper()  # "CANCELLED by 0": CANCELLED
+    return [name for name, job_id in jobs.items() if states[job_id] in ACTIVE]
+
+
+def read_record(folder: Path) -> dict[str, str]:
+    path = folder / RECORD
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def submit(executor: Any, argvs: dict[str, list[str]], max_batch: int = 1) -> list[Any]:
+    """Submit the command lines (by run name) as one job array of ``tasks``; records each run's
+    job in ``jobs.json`` and links ``OUT_DIR/CKPT.log`` to its job's log. Returns the jobs."""
+    from utils.config import parse
+    from utils.io import save_json
+    from utils.rundir import RunDir
+
+    todo = tasks(list(argvs.values()), max_batch)
+    if not todo:
+        return []
+    Path(executor.folder).mkdir(parents=True, exist_ok=True)
+    jobs = executor.submit_array(todo)
+    record = read_record(Path(executor.folder))
+    for task, job in zip(todo, jobs, strict=True):
+        for argv in task.argvs:
+            cfg = parse(list(argv))
+            record[cfg.ckpt] = job.job_id
+            log = RunDir(Path(cfg.out_dir), cfg.ckpt).log
+            log.unlink(missing_ok=True)
+            log.symlink_to(os.path.relpath(job.paths.stdout, log.parent))
+    save_json(Path(executor.folder) / RECORD, record)
+    array = jobs[0].job_id.split("_")[0]
+    print(f"submitted {len(argvs)} runs: job {array}, {len(jobs)} task(s); watch: squeue -j "
+          f"{array}; logs: {executor.folder}/, linked as OUT_DIR/CKPT.log", flush=True)  # fmt: skip
+    return jobs
+
+
+def wait(jobs: list[Any]) -> None:
+    """Wait until every job has ended (finished, failed or cancelled). On Ctrl-C the jobs go on;
+    the interrupt is raised again."""
+    try:
+        while not all(job.done() for job in jobs):
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("\nstopped waiting: the jobs go on (squeue); collect their runs later with "
+              "--collect", file=sys.stderr)  # fmt: skip
+        raise

@@ -1,0 +1,332 @@
+"""reproduce.py --launcher slurm without a cluster: runs through submitit's local executor (real
+processes, real requeue on submitit's preemption signal), and the sbatch script of a set through
+a stand-in sbatch on the PATH."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import submitit
+import torch
+
+import denoising
+import launcher
+import reproduce
+from experiments import PROFILES, Case, Profile, Run, figure_runs
+from utils.images import PAPER_IMAGES
+from utils.rundir import RunDir
+
+ROOT = Path(__file__).resolve().parent.parent
+CPU = {"gpus": ("cpu",)}
+ONE_CASE = {"fig3": (Case("cat", 0.5),), "fig4": ()}  # DIP-L1 and DOP on one bundled image
+
+
+def local_executor(folder: Path) -> submitit.LocalExecutor:
+    """submitit's executor of jobs as local processes (the Slurm one's interface); a time limit
+    far beyond the test's, so that only the test's own signal stops a job."""
+    executor = submitit.LocalExecutor(folder)
+    executor.update_parameters(timeout_min=30, stderr_to_stdout=True)
+    return executor
+
+
+@pytest.fixture
+def one_thread(monkeypatch) -> None:
+    """One torch thread here and in the jobs' processes: the same arithmetic on both sides, and
+    no two-thread processes contending for the CPU of a small machine."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def assert_same_run(a: RunDir, b: RunDir) -> None:
+    """The same history, number for number, and the same last iterate."""
+    ha, hb = a.history(), b.history()
+    assert list(ha) == list(hb)
+    for column in ha:
+        np.testing.assert_array_equal(ha[column], hb[column], err_msg=column)
+    np.testing.assert_array_equal(a.image("last"), b.image("last"))
+    assert a.config()["report"]["iterations_done"] == b.config()["report"]["iterations_done"]
+
+
+def test_a_set_through_the_launcher_gives_the_histories_of_direct_runs(
+    tmp_path: Path, monkeypatch, one_thread
+) -> None:
+    monkeypatch.chdir(ROOT)  # the jobs' processes import the repository's modules from there
+    tiny = Profile("tiny", 64, 1 / 32, 60 / 150_000, show_every=20, save_every=20)
+    kw = dict(figs_dir=tmp_path / "figs", table_dir=tmp_path / "docs", cases=ONE_CASE, **CPU)
+    direct, _ = reproduce.reproduce(["fig3"], tiny, tmp_path / "direct", tmp_path, **kw)
+    out = tmp_path / "jobs"
+    executor = local_executor(out / "submitit")
+    outcome, files = reproduce.reproduce(["fig3"], tiny, out, tmp_path, executor=executor,
+                                         wait=True, **kw)  # fmt: skip
+    runs = [run.ckpt(tiny) for run in figure_runs(["fig3"], ONE_CASE)]
+    assert sorted(outcome["started"]) == sorted(direct["started"]) == sorted(runs)
+    assert not outcome["failed"] and not outcome["in flight"]
+    assert tmp_path / "figs" / "fig3_tiny.png" in files
+    record = json.loads((out / "submitit" / "jobs.json").read_text())
+    assert sorted(record) == sorted(runs) and len(set(record.values())) == 2  # a job each
+    for name in runs:
+        assert_same_run(RunDir(tmp_path / "direct", name), RunDir(out, name))
+        log = RunDir(out, name).log  # beside the run's outputs: a link to its job's log
+        assert log.is_symlink() and log.resolve().parent == (out / "submitit").resolve()
+        assert f"{name}: last iterate PSNR" in log.read_text()
+
+    # A rerun submits nothing: every run has finished.
+    outcome, files = reproduce.reproduce(["fig3"], tiny, out, tmp_path, executor=executor, **kw)
+    assert sorted(outcome["reused"]) == sorted(runs) and not outcome["submitted"] and files
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.is_file() else []
+
+
+def wait_for(condition, what: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def checkpoint_id(path: Path) -> tuple[int, int] | None:
+    """Which checkpoint file is there (each is written anew and renamed into place)."""
+    return (path.stat().st_ino, path.stat().st_mtime_ns) if path.is_file() else None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the job's task in /proc")
+def test_a_stopped_job_goes_on_from_its_checkpoint_to_the_uninterrupted_result(
+    tmp_path: Path, monkeypatch, one_thread
+) -> None:
+    """A job stopped mid-run twice: by submitit's signal (a preemption, or a time limit close),
+    after which submitit requeues it, then by SIGKILL (nothing requeues it), after which the
+    same reproduce.py call submits it again. Each start goes on from the last checkpoint, and the
+    run ends with the very history of a run that was never stopped."""
+    monkeypatch.chdir(ROOT)
+    tiny = Profile("tiny", 64, 1 / 32, 200 / 150_000, show_every=20, save_every=20)
+    run = Run("cat", 0.5, "dop")
+    name = run.ckpt(tiny)
+    argv = lambda out: reproduce.run_argv(run, tiny, "start", out, tmp_path, "cpu")  # noqa: E731
+    assert denoising.main(argv(tmp_path / "direct")) == 0
+
+    out = tmp_path / "jobs"
+    out.mkdir()
+    executor = local_executor(out / "submitit")
+    (job,) = launcher.submit(executor, {name: argv(out)})
+    rundir, controller = RunDir(out, name), int(job.job_id)
+    state = rundir.path("state")
+    wait_for(state.is_file, "the first checkpoint")
+    assert rundir.config() is None, "the run ended before the test could stop it"
+    (first,) = children(controller)  # the job's process, under submitit's local controller
+    os.kill(first, launcher_signal())
+    wait_for(lambda: children(controller) not in ([], [first]), "the requeued task")
+    (second,) = children(controller)
+    resumed_from = checkpoint_id(state)
+    wait_for(lambda: checkpoint_id(state) != resumed_from, "a checkpoint of the requeued task")
+    assert rundir.config() is None, "the run ended before the test could stop it"
+    os.kill(second, signal.SIGKILL)
+    job.wait()
+    assert not job.paths.result_pickle.exists()  # the job ended without a result
+
+    log = job.paths.stdout.read_text()
+    assert f"requeued: {name} go on from their checkpoints" in log
+    commands = [line for line in log.splitlines() if line.startswith("python denoising.py")]
+    assert len(commands) == 2 and "--resume" not in commands[0]
+    assert commands[1].endswith("--resume")
+
+    outcome = reproduce.run_all([run], tiny, out, tmp_path, ("cpu",), executor=executor, wait=True)
+    assert outcome["resumed"] == [name] and not outcome["failed"] + outcome["in flight"]
+    assert rundir.log.resolve() != job.paths.stdout.resolve()  # linked to the new job's log
+    assert "--resume" in rundir.log.read_text()
+    assert_same_run(RunDir(tmp_path / "direct", name), rundir)
+
+
+def launcher_signal() -> signal.Signals:
+    """The signal submitit's jobs take as preemption or time-out (Slurm sends it before the
+    limit: #SBATCH --signal=USR2@90)."""
+    return getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
+
+
+@pytest.fixture
+def fake_slurm(tmp_path: Path, monkeypatch) -> Path:
+    """srun, sbatch and sacct stand-ins on the PATH: sbatch answers as Slurm does (job ids from
+    4242 up), sacct prints ``sacct.txt``. Returns their folder."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scripts = {
+        "srun": "exit 0",
+        "sbatch": f"n=$(cat {bin_dir}/last 2>/dev/null || echo 4241); n=$((n + 1)); "
+        f'echo $n > {bin_dir}/last; echo "Submitted batch job $n"',
+        "sacct": f"cat {bin_dir}/sacct.txt",
+    }
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    (bin_dir / "sacct.txt").write_text("JobID|State|NodeList\n")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return bin_dir
+
+
+def sbatch_lines(folder: Path, job_id: str) -> list[str]:
+    return (folder / f"{job_id}_submission.sh").read_text().splitlines()
+
+
+def test_the_sbatch_script_of_a_set(tmp_path: Path, fake_slurm: Path, monkeypatch, capsys) -> None:
+    """The quick Figures 3 and 4 (14 runs) as one array: the sbatch script, the array size, the
+    tasks' command lines; a rerun leaves runs whose jobs are queued or running to them."""
+    fetched = []  # the paper images, fetched before submitting (here: not downloaded)
+    monkeypatch.setattr(reproduce, "fetch_paper_image", lambda name, d: fetched.append((name, d)))
+    out = tmp_path / "out"
+    common = ["fig3", "fig4", "--quick", "--out_dir", str(out), "--data_dir", str(tmp_path),
+              "--figs_dir", str(tmp_path / "figs"), "--table_dir", str(tmp_path / "docs"),
+              "--launcher", "slurm"]  # fmt: skip
+    args = [*common, "--partition", "gpu", "--timeout_min", "90", "--mem_gb", "24",
+            "--array_parallelism", "5"]  # fmt: skip
+    assert reproduce.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "14 submitted" in printed and "squeue -j 4242" in printed and "--collect" in printed
+    assert sorted(fetched) == sorted((name, tmp_path) for name in PAPER_IMAGES)
+    folder = out / "submitit"
+    lines = sbatch_lines(folder, "4242")
+    for line in ["#SBATCH --array=0-13%5", "#SBATCH --partition=gpu", "#SBATCH --time=90",
+                 "#SBATCH --mem=24GB", "#SBATCH --gpus-per-node=1", "#SBATCH --cpus-per-task=4",
+                 "#SBATCH --signal=USR2@90", "#SBATCH --open-mode=append",
+                 f"#SBATCH --output={folder.resolve()}/%A_%a_0_log.out",
+                 f"cd {ROOT}"]:  # fmt: skip
+        assert line in lines, line
+    assert not any(line.startswith("#SBATCH --error") for line in lines)  # one log per job
+    assert any("-m submitit.core._submit" in line for line in lines)
+
+    quick = PROFILES["quick"]
+    runs = figure_runs(["fig3", "fig4"])
+    record = json.loads((folder / "jobs.json").read_text())
+    assert record == {run.ckpt(quick): f"4242_{i}" for i, run in enumerate(runs)}
+    for i, run in enumerate(runs):
+        with (folder / f"4242_{i}_submitted.pkl").open("rb") as f:
+            task = pickle.load(f).function
+        assert task == launcher.Runs((tuple(reproduce.run_argv(run, quick, "start", out,
+                                                               tmp_path, None)),))  # fmt: skip
+        log = RunDir(out, run.ckpt(quick)).log
+        assert os.readlink(log) == f"submitit/4242_{i}_0_log.out"
+
+    # A rerun while the array runs submits nothing; once task 3 has failed, it submits its run.
+    states = ["RUNNING"] * 14
+    (fake_slurm / "sacct.txt").write_text(
+        "JobID|State|NodeList\n" + "".join(f"4242_{i}|{s}|n1\n" for i, s in enumerate(states))
+    )
+    assert reproduce.main(common) == 0
+    assert "14 in flight, 0 submitted" in capsys.readouterr().out
+    assert not (folder / "4243_submission.sh").exists()
+    states[3] = "FAILED"
+    (fake_slurm / "sacct.txt").write_text(
+        "JobID|State|NodeList\n" + "".join(f"4242_{i}|{s}|n1\n" for i, s in enumerate(states))
+    )
+    assert reproduce.main(common) == 0
+    assert "13 in flight, 1 submitted" in capsys.readouterr().out
+    assert json.loads((folder / "jobs.json").read_text())[runs[3].ckpt(quick)] == "4243"
+    assert "#SBATCH --array" not in "\n".join(sbatch_lines(folder, "4243"))  # a single job
+    assert fetched[4:] == [(runs[3].image, tmp_path)]  # the image of the run submitted only
+
+
+def test_batches_are_tasks_of_runs_that_share_a_loop(
+    tmp_path: Path, fake_slurm: Path, monkeypatch
+) -> None:
+    """With --batch 4, the 14 runs are 4 tasks: DIP-L1's 7 runs in two, DOP's in two; settings
+    from a --slurm_config file, a flag given winning over it."""
+    monkeypatch.setattr(reproduce, "fetch_paper_image", lambda name, d: None)
+    out = tmp_path / "out"
+    config = tmp_path / "cluster.json"
+    config.write_text(json.dumps({"account": "lab", "partition": "a100", "setup": ["module load x"],
+                                  "timeout_min": 600}))  # fmt: skip
+    args = ["fig3", "fig4", "--quick", "--out_dir", str(out), "--data_dir", str(tmp_path),
+            "--launcher", "slurm", "--batch", "4", "--slurm_config", str(config),
+            "--partition", "h100"]  # fmt: skip
+    assert reproduce.main(args) == 0
+    folder = out / "submitit"
+    lines = sbatch_lines(folder, "4242")
+    for line in ["#SBATCH --array=0-3%4", "#SBATCH --account=lab", "#SBATCH --partition=h100",
+                 "#SBATCH --time=600", "module load x"]:  # fmt: skip
+        assert line in lines, line
+    tasks = []
+    for i in range(4):
+        with (folder / f"4242_{i}_submitted.pkl").open("rb") as f:
+            tasks.append(pickle.load(f).function)
+    assert [len(t.argvs) for t in tasks] == [4, 3, 4, 3] and {t.max_batch for t in tasks} == {4}
+    for task in tasks:  # one variant a task
+        assert len({name.split("_")[2] for name in task.names}) == 1, task.names
+    assert sorted(n for t in tasks for n in t.names) == sorted(
+        r.ckpt(PROFILES["quick"]) for r in figure_runs(["fig3", "fig4"])
+    )
+
+
+def test_a_parameter_submitit_does_not_know_is_one_line(
+    tmp_path: Path, fake_slurm: Path, capsys
+) -> None:
+    config = tmp_path / "cluster.json"
+    config.write_text('{"acount": "lab"}')
+    args = [
+        "fig3",
+        "--out_dir",
+        str(tmp_path),
+        "--launcher",
+        "slurm",
+        "--slurm_config",
+        str(config),
+    ]
+    assert reproduce.main(args) == 2
+    assert "acount" in one_line_error(capsys)
+
+
+def test_restart_argv_resumes_what_has_a_checkpoint(tmp_path: Path) -> None:
+    run = Run("cat", 0.5, "dop")
+    tiny = Profile("tiny", 64, 1 / 32, 40 / 150_000, show_every=20, save_every=20)
+    argv = reproduce.run_argv(run, tiny, "start", tmp_path, tmp_path, "cpu")
+    assert launcher.restart_argv(argv) == argv  # nothing there yet: start
+    rundir = RunDir(tmp_path, run.ckpt(tiny))
+    rundir.path("noisy").write_bytes(b"left by a run killed before its first checkpoint")
+    assert launcher.restart_argv(argv + ["--resume"]) == argv + ["--overwrite"]
+    rundir.path("state").write_bytes(b"a checkpoint")
+    assert launcher.restart_argv(argv + ["--overwrite"]) == argv + ["--resume"]
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1, err
+    return err
+
+
+def test_slurm_launcher_errors_are_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    base = ["fig3", "--quick", "--out_dir", str(tmp_path / "out"), "--launcher", "slurm"]
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun
+    assert reproduce.main(base) == 2
+    assert "srun" in one_line_error(capsys)
+    monkeypatch.setitem(sys.modules, "submitit", None)  # not installed
+    assert reproduce.main(base) == 2
+    assert 'pip install -e ".[slurm]"' in one_line_error(capsys)
+    assert reproduce.main([*base, "--jobs", "2"]) == 2
+    one_line_error(capsys)
+    assert reproduce.main([*base, "--gpus_per_job", "-1"]) == 2
+    one_line_error(capsys)
+    config = tmp_path / "cluster.json"
+    config.write_text('{"time": 60}')
+    assert reproduce.main([*base, "--slurm_config", str(config)]) == 2
+    assert "'timeout_min'" in one_line_error(capsys)
+    assert reproduce.main(["fig3", "--wait"]) == 2
+    one_line_error(capsys)
+
+
+def test_collect_draws_what_has_finished_and_names_the_rest(tmp_path: Path, capsys) -> None:
+    args = ["fig3", "--quick", "--out_dir", str(tmp_path / "out"), "--figs_dir",
+            str(tmp_path / "figs"), "--table_dir", str(tmp_path / "docs"), "--collect"]  # fmt: skip
+    assert reproduce.main(args) == 1
+    assert (tmp_path / "figs" / "fig3_quick.png").is_file()
+    assert "8 missing" in capsys.readouterr().out
