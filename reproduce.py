@@ -56,8 +56,8 @@ ROOT = Path(__file__).resolve().parent
 
 
 def run_state(run: Run, profile: Profile, out_dir: Path) -> str:
-    """What to do with a run: "reuse" (finished or diverged), "resume", or "start". InputError
-    when the folder holds a run of that name made with other settings."""
+    """What to do with a run: "reuse" (finished, stopped or diverged), "resume", or "start".
+    InputError when the folder holds a run of that name made with other settings."""
     rundir = RunDir(out_dir, run.ckpt(profile))
     record = rundir.config()
     if record is not None:
@@ -66,7 +66,8 @@ def run_state(run: Run, profile: Profile, out_dir: Path) -> str:
         check_same(rundir.path("config"), record["settings"], wanted, advice)
         report = record["report"]
         done = report["iterations_done"] == profile.num_iter(run.num_iter)
-        if report["status"] == "diverged" or (report["status"] == "finished" and done):
+        ended = report["status"] in ("diverged", "stopped")  # by divergence or a stopping rule
+        if ended or (report["status"] == "finished" and done):
             return "reuse"
     return "resume" if rundir.path("state").is_file() else "start"
 

@@ -135,14 +135,16 @@ class ExponentialVariance(StoppingRule):
             self.consider(iteration, self.variance, x)
 
 
-RULES = ("wmv", "emv")
+# name -> (window, patience, decay, shape, dtype) -> rule; ``--stop`` offers these names.
+RULES = {
+    "wmv": lambda window, patience, decay, shape, dtype: WindowedVariance(
+        window, patience, shape, dtype),
+    "emv": lambda window, patience, decay, shape, dtype: ExponentialVariance(
+        decay, window, patience, shape, dtype),
+}  # fmt: skip
 
 
 def stopping_rules(names: Sequence[str], window: int, patience: int, decay: float,
                    shape: Sequence[int], dtype: torch.dtype) -> list[StoppingRule]:  # fmt: skip
-    """The rules named (of ``RULES``) for K runs of images of ``shape`` = (K, C, H, W)."""
-    make = {
-        "wmv": lambda: WindowedVariance(window, patience, shape, dtype),
-        "emv": lambda: ExponentialVariance(decay, window, patience, shape, dtype),
-    }
-    return [make[name]() for name in names]
+    """The rules named (keys of ``RULES``) for K runs of images of ``shape`` = (K, C, H, W)."""
+    return [RULES[name](window, patience, decay, shape, dtype) for name in names]
