@@ -167,7 +167,10 @@ def write_comparison(rows: list[dict], profile: Profile, table_dir: Path) -> lis
         "PSNR (dB) / SSIM of the recovered image against the clean one. **last**: the last "
         "iterate, the result without a stopping rule. **ES-WMV**, **ES-EMV**: the iterate each "
         "rule detected, without ground truth, and (in brackets) the detected iteration / the "
-        "iteration at which it fired (the run would stop at the first logged row after it). "
+        "iteration at which it fired (a run with `--stop` stops at the first logged row after "
+        "it; 'no': it had not fired by the last iteration, where such a run ends, returning "
+        "the iterate shown). The runs go on to the last iteration (`--stop_observe`), so "
+        "'iterations' and 'wall time' are those of the whole run. "
         "**oracle peak**: the best PSNR over the logged rows and the detected iterates; it "
         "uses the clean image, as does the **gap** (oracle peak − detected PSNR). Baselines: "
         "median filters and BM3D (σ given for Gaussian noise, else estimated) on the same "
@@ -197,7 +200,9 @@ def comparison_section(profile: Profile, rows: list[dict]) -> list[str]:
         f"`python reproduce.py compare{flag}`: crop {profile.crop or 'none'}, width × "
         f"{profile.width_scale:g}, iterations × {profile.iter_scale:g} "
         f"({profile.num_iter(FULL_ITERS)}), {lr_c_rule(profile)}; both rules with W = 100, "
-        f"P = 1000, a = 0.1. Images: {', '.join(images)}. Machine: {'; '.join(devices)}. "
+        f"P = 1000, a = 0.1. Images: {', '.join(images)}. Device of the runs: "
+        f"{'; '.join(devices)} (flags that only spread the runs, such as `--jobs`, are not "
+        f"recorded). "
         f"Date: {', '.join(dates)}.", "",
         "Means over the images:", "",
         "| noise | method | last | ES-WMV | ES-EMV | oracle peak | WMV gap (oracle) "

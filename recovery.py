@@ -184,8 +184,8 @@ class Loop:
     histories: list[list[dict[str, float]]]
     diverged_at: list[int | None]
     stopped_at: list[int | None]
-    last: list[tuple[Tensor, Tensor | None, dict[str, Tensor]] | None]  # (x, s, estimates) of
-    # each run's last finite row
+    # each run's (x, s, observers' estimates) at its last finite row
+    last: list[tuple[Tensor, Tensor | None, dict[str, Tensor]] | None]
     log_seconds: list[float] = field(default_factory=list)
     start: int = 0
 

@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -156,8 +157,8 @@ def compare(args: argparse.Namespace) -> int:
             f"largest PSNR difference between the two at any logged row {gap:.4f} dB"
         )
     if args.observers:
-        observer_costs(lambda settings: steady_rate(run(Speed(), [args.seed], settings)[0]),
-                       args.repeats)  # fmt: skip
+        rate = lambda settings: steady_rate(run(Speed(), [args.seed], settings)[0])  # noqa: E731
+        observer_costs(rate, cfg, (1, *clean_np.shape), device, args.repeats)
     speedup = statistics.median(rates["fast"]) / statistics.median(rates["faithful"])
     print(f"speedup {speedup:.2f}")
     return 0
@@ -168,18 +169,41 @@ OBSERVERS = {"none": {}, "ema 0.99": {"ema": 0.99}, "ES-EMV": {"stop": "emv"},
              "ES-WMV": {"stop": "wmv"}}  # fmt: skip
 
 
-def observer_costs(rate, repeats: int) -> None:
+def observer_costs(rate, cfg: RunConfig, shape: tuple[int, ...], device: torch.device,
+                   repeats: int) -> None:  # fmt: skip
     """The faithful path with each observer against none, alternating over ``repeats`` rounds:
-    median it/s and the extra time per iteration as a fraction of an iteration without one."""
+    median it/s and the extra time per iteration as a fraction of an iteration without one;
+    then each observer's update timed alone (the rate difference is within the machine's
+    round-to-round noise, a few %), as a fraction of the same iteration."""
     rates: dict[str, list[float]] = {label: [] for label in OBSERVERS}
     for _ in range(repeats):
         for label, settings in OBSERVERS.items():
             rates[label].append(rate(settings))
     base = statistics.median(rates["none"])
-    print(f"{'observer (faithful path)':<28} {'it/s':>9}  cost per iteration")
-    for label in OBSERVERS:
+    print(f"{'observer (faithful path)':<28} {'it/s':>9}  {'from the rates':>14}  update alone")
+    for label, settings in OBSERVERS.items():
         median = statistics.median(rates[label])
-        print(f"{label:<28} {median:>9.2f}  {100 * (base / median - 1):+.1f}%")
+        alone = update_seconds(dataclasses.replace(cfg, **settings), shape, device) * base
+        print(
+            f"{label:<28} {median:>9.2f}  {100 * (base / median - 1):>+13.1f}%  {100 * alone:+.2f}%"
+        )
+
+
+def update_seconds(
+    cfg: RunConfig, shape: tuple[int, ...], device: torch.device, steps: int = 2000
+) -> float:
+    """Seconds per iteration that the observers of ``cfg`` spend in ``update``, on random
+    outputs (their cost does not depend on the values)."""
+    observers = [o.to(device) for o in build_observers(cfg, shape, torch.float32)]
+    xs = torch.rand(8, *shape, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    sync()
+    start = time.perf_counter()
+    for t in range(steps):
+        for observer in observers:
+            observer.update(t, xs[t % 8])
+    sync()
+    return (time.perf_counter() - start) / steps
 
 
 def finite(result: FitResult) -> FitResult:
