@@ -1,8 +1,11 @@
-"""Recover an image from sparse noise with DOP, or with the Deep Image Prior baselines.
+"""Recover an image from sparse noise with DOP, or with the Deep Image Prior baselines; or, with
+--task, from an incomplete (inpaint), downsampled (sr) or blurred (deblur, blind-deblur)
+observation, with or without outliers on top (README.md, "Tasks").
 
     python denoising.py --gpu 0 --image F16 --nlevel 0.5          # the paper's default run
     python denoising.py --image astronaut --crop 128 --width 32 --num_iter 2000 --gpu cpu
     python denoising.py --observed photo.png --gpu cpu            # a photo that is already noisy
+    python denoising.py --task inpaint --keep 0.5 --nlevel 0.1 --image F16   # DOP inpainting
 
 The public code's flags (--ckpt --gpu --image --nlevel --alg --l1 --lr --lr_c --num_iter --width)
 keep their names and defaults; DIP is --method dip, DIP-L1 is --method dip --l1. Outputs go to
@@ -22,20 +25,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from models import PRIORS, Prior
 from recovery import FitResult, build_model, build_observers, fit_batch
 from utils import InputError
-from utils.config import RunConfig, parse
+from utils.config import DEBLUR, RunConfig, parse
 from utils.images import EMBEDDED_DEFAULT, centre_crop, crop_to_multiple, resolve_image
-from utils.metrics import METRICS, psnr
+from utils.metrics import METRICS, kernel_correlation, psnr
 from utils.noise import Corruption, corrupt
+from utils.operators import Blur, Downsample, Identity, KernelNet, Mask, Operator, bernoulli_mask
 from utils.rundir import RunDir
 from utils.seeding import derive_seed
 
-# Settings that may differ between the runs of one batch (the others must be equal).
+# Blind deblurring's image generator is SelfDeblur's skip net: 8 input channels, 16 skip channels.
+SELFDEBLUR_SKIP = {"input_depth": 8, "skip": 16}
+# Settings that may differ between the runs of one batch (the others must be equal; the image
+# shape x, the prior's, is part of the batch key, so kernels of one batch have one size).
 PER_RUN = ("image", "noise", "nlevel", "mixture_sigma", "observed", "clean", "crop", "seed", "ckpt",
-           "out_dir", "data_dir", "resume", "overwrite", "quiet")  # fmt: skip
+           "out_dir", "data_dir", "resume", "overwrite", "quiet", "keep", "mask",
+           "kernel")  # fmt: skip
 
 
 class DivergedError(Exception):
@@ -47,9 +56,15 @@ class Data:
     """The observation y, the clean image when there is one, and what identifies them."""
 
     y: np.ndarray  # (C, H, W) float32 in [0, 1]
-    clean: np.ndarray | None
+    clean: np.ndarray | None  # the reference for the reported x (the operator's crop of x)
     noise: Corruption | None  # the synthetic corruption, None for an --observed image
     identity: dict  # sources, sha256 and shape: recorded, and checked on --resume
+    x_shape: tuple[int, ...] = ()  # the prior's output x (C, H, W); () means y's
+    mask: np.ndarray | None = None  # inpaint: (1, H, W), 1 = observed
+    kernel: np.ndarray | None = None  # deblur: the known kernel; blind-deblur: the true one
+
+    def __post_init__(self) -> None:
+        self.x_shape = tuple(self.x_shape or self.y.shape)
 
 
 @dataclass
@@ -68,8 +83,8 @@ class Job:
         """Runs with equal keys can share one loop."""
         shared = {k: v for k, v in dataclasses.asdict(self.cfg).items() if k not in PER_RUN}
         start = 0 if self.state is None else self.state["iteration"]
-        return (str(self.device), self.data.y.shape, self.data.clean is None, start,
-                *shared.items())  # fmt: skip
+        return (str(self.device), self.data.y.shape, self.data.x_shape, self.data.clean is None,
+                start, *shared.items())  # fmt: skip
 
     def checkpoint(self, state: dict | None) -> None:
         if state is not None:  # None: the run diverged, its last good checkpoint is kept
@@ -89,17 +104,19 @@ def pick_device(gpu: str | None) -> tuple[torch.device, str]:
     return device, f"{device} ({torch.cuda.get_device_name(device)})"
 
 
-def fit_to_prior(image: np.ndarray, cfg: RunConfig, prior: type[Prior], what: str) -> np.ndarray:
-    """--crop, then the crop to the prior's multiple (unless --pad), then the size check."""
+def fit_to_prior(image: np.ndarray, cfg: RunConfig, prior: type[Prior], what: str,
+                 multiple: bool = True) -> np.ndarray:  # fmt: skip
+    """--crop, then the crop to the prior's multiple (unless --pad, or ``multiple`` is off: the
+    image is not the prior's canvas), then the size check."""
     original = image.shape
     if cfg.crop is not None:
         if cfg.crop > min(image.shape[1:]):
             raise InputError(f"--crop {cfg.crop} exceeds the size of {what}, {image.shape[1:]}")
         image = centre_crop(image, cfg.crop, cfg.crop)
-    if not cfg.pad:
+    if not cfg.pad and multiple:
         image = crop_to_multiple(image, prior.multiple)
     smallest = prior.smallest_side(cfg.pad)
-    if min(image.shape[1:]) < smallest:
+    if multiple and min(image.shape[1:]) < smallest:
         raise InputError(
             f"{what} is {original[1]}x{original[2]} (after crops {image.shape[1]}x"
             f"{image.shape[2]}) but the {cfg.prior} prior needs both sides >= {smallest} after "
@@ -108,24 +125,115 @@ def fit_to_prior(image: np.ndarray, cfg: RunConfig, prior: type[Prior], what: st
     return np.ascontiguousarray(image)
 
 
+def load_kernel(path: str, data_dir: Path) -> tuple[np.ndarray, dict]:
+    """A blur kernel from a gray image: (kh, kw) float32, non-negative, normalised to sum 1."""
+    loaded = resolve_image(path, data_dir)
+    if loaded.pixels.shape[0] != 1:
+        raise InputError(f"--kernel {path}: a kernel is a 2-D (gray) image, got a colour image")
+    kernel = loaded.pixels[0].astype(np.float64)
+    if kernel.sum() <= 0:
+        raise InputError(f"--kernel {path}: the kernel is all zeros")
+    identity = {"kernel": loaded.source, "kernel_sha256": loaded.sha256}
+    return (kernel / kernel.sum()).astype(np.float32), identity
+
+
+def load_mask(cfg: RunConfig, shape: tuple[int, ...], prior: type[Prior]
+              ) -> tuple[np.ndarray, dict]:  # fmt: skip
+    """The inpainting mask (1, H, W) of 0/1: --mask (cropped as the image) or a Bernoulli mask
+    keeping each pixel with probability --keep (the run's "mask" stream)."""
+    if cfg.mask is None:
+        mask = bernoulli_mask(shape, cfg.keep, derive_seed(cfg.seed, "mask")).numpy()
+        return mask, {}
+    loaded = resolve_image(cfg.mask, Path(cfg.data_dir))
+    mask = fit_to_prior(loaded.pixels.mean(0, keepdims=True), cfg, prior, cfg.mask)
+    if mask.shape[1:] != tuple(shape[1:]):
+        raise InputError(f"--mask {cfg.mask} is {mask.shape[1]}x{mask.shape[2]} after the "
+                         f"crops, the image {shape[1]}x{shape[2]}; give a mask of the image's "
+                         "size")  # fmt: skip
+    return (mask > 0.5).astype(np.float32), {"mask": loaded.source, "mask_sha256": loaded.sha256}
+
+
+def observe(cfg: RunConfig, x: np.ndarray, kernel: np.ndarray | None) -> np.ndarray:
+    """A(x) of a clean image by the operator the model uses, so observation and model agree
+    (blind-deblur: the true kernel's blur; inpainting's mask is applied after the noise)."""
+    operator = Identity()
+    if cfg.task == "sr":
+        operator = Downsample(cfg.factor)
+    elif cfg.task in DEBLUR:
+        operator = Blur(torch.from_numpy(kernel)[None])
+    with torch.no_grad():
+        return operator(torch.from_numpy(x)[None]).numpy()[0]
+
+
+def estimated_kernel_size(cfg: RunConfig, kernel: np.ndarray | None) -> tuple[int, int]:
+    if cfg.kernel_size is not None:
+        return cfg.kernel_size, cfg.kernel_size
+    return kernel.shape  # the true kernel's (check() asks for one or the other)
+
+
+def x_shape_of(cfg: RunConfig, y_shape: tuple[int, ...], kernel: np.ndarray | None
+               ) -> tuple[int, ...]:  # fmt: skip
+    """The prior's image x for an observation of ``y_shape``: y's, ×factor (sr), or larger by the
+    kernel's size less one (a 'valid' blur)."""
+    c, h, w = y_shape
+    if cfg.task == "sr":
+        return c, h * cfg.factor, w * cfg.factor
+    if cfg.task in DEBLUR:
+        kh, kw = kernel.shape if cfg.task == "deblur" else estimated_kernel_size(cfg, kernel)
+        return c, h + kh - 1, w + kw - 1
+    return tuple(y_shape)
+
+
+def check_x_size(cfg: RunConfig, x_shape: tuple[int, ...], prior: type[Prior]) -> None:
+    smallest = prior.smallest_side(cfg.pad)
+    if min(x_shape[1:]) < smallest:
+        raise InputError(f"--task {cfg.task}: the image x would be {x_shape[1]}x{x_shape[2]} but "
+                         f"the {cfg.prior} prior needs both sides >= {smallest}; use a larger "
+                         "image or --crop")  # fmt: skip
+
+
+def load_observed(cfg: RunConfig, prior: type[Prior]) -> Data:
+    """An --observed image as it is, with an optional --clean reference (of x's reported size:
+    y's, or y's ×factor for sr) and the operator's inputs (--mask, --kernel)."""
+    observed = resolve_image(cfg.observed, Path(cfg.data_dir))
+    reference = None if cfg.clean is None else resolve_image(cfg.clean, Path(cfg.data_dir))
+    kernel, identity = None, {}
+    if cfg.kernel is not None:
+        kernel, identity = load_kernel(cfg.kernel, Path(cfg.data_dir))
+    fitted = cfg.task in ("denoise", "inpaint")  # y is then the prior's canvas
+    y = fit_to_prior(observed.pixels, cfg, prior, cfg.observed, multiple=fitted)
+    x_shape = x_shape_of(cfg, y.shape, kernel)
+    check_x_size(cfg, x_shape, prior)
+    clean = None
+    if reference is not None:
+        scale = cfg.factor if cfg.task == "sr" else 1
+        c, h, w = observed.pixels.shape
+        if reference.pixels.shape != (c, h * scale, w * scale):
+            raise InputError(
+                f"--clean is {reference.pixels.shape} (channels, height, width) but --observed "
+                f"is {observed.pixels.shape}; give images of one size"
+                + (f" times --factor {scale} for the reference" if scale > 1 else "")
+            )
+        crop = None if cfg.crop is None else cfg.crop * scale
+        clean = fit_to_prior(reference.pixels, dataclasses.replace(cfg, crop=crop), prior,
+                             cfg.clean, multiple=fitted)  # fmt: skip
+    mask = None
+    if cfg.task == "inpaint":
+        mask, more = load_mask(cfg, y.shape, prior)
+        identity |= more
+    identity |= {"observed": observed.source, "observed_sha256": observed.sha256,
+                 "clean": None if reference is None else reference.source,
+                 "clean_sha256": None if reference is None else reference.sha256}  # fmt: skip
+    return Data(y, clean, None, identity | {"shape": list(y.shape)}, x_shape, mask, kernel)
+
+
 def load_data(cfg: RunConfig) -> Data:
-    """The observation: a clean image corrupted with seeded noise (--noise), or an --observed
-    image as it is (with an optional --clean reference)."""
+    """The observation: a clean image observed through --task's operator A and corrupted with
+    seeded noise (--noise at --nlevel), y = noise(A(x)) (inpainting: m ⊙ noise(x)); or an
+    --observed image as it is (with an optional --clean reference)."""
     prior = PRIORS[cfg.prior]
     if cfg.observed is not None:
-        observed = resolve_image(cfg.observed, Path(cfg.data_dir))
-        reference = None if cfg.clean is None else resolve_image(cfg.clean, Path(cfg.data_dir))
-        if reference is not None and reference.pixels.shape != observed.pixels.shape:
-            raise InputError(
-                f"--clean is {reference.pixels.shape} (channels, height, width) but "
-                f"--observed is {observed.pixels.shape}; give images of one size"
-            )
-        y = fit_to_prior(observed.pixels, cfg, prior, cfg.observed)
-        clean = None if reference is None else fit_to_prior(reference.pixels, cfg, prior, cfg.clean)
-        identity = {"observed": observed.source, "observed_sha256": observed.sha256,
-                    "clean": None if reference is None else reference.source,
-                    "clean_sha256": None if reference is None else reference.sha256}  # fmt: skip
-        return Data(y, clean, None, identity | {"shape": list(y.shape)})
+        return load_observed(cfg, prior)
     if cfg.image is not None:
         loaded = resolve_image(cfg.image, Path(cfg.data_dir))
     else:  # the public default F16, or the image embedded in scikit-image when it is not at hand
@@ -134,10 +242,47 @@ def load_data(cfg: RunConfig) -> Data:
         except InputError as err:
             print(f"note: {err}; using scikit-image's '{EMBEDDED_DEFAULT}'", file=sys.stderr)
             loaded = resolve_image(EMBEDDED_DEFAULT)
-    clean = fit_to_prior(loaded.pixels, cfg, prior, loaded.source)
-    noise = corrupt(clean, cfg.noise, cfg.nlevel, derive_seed(cfg.seed, "noise"), cfg.mixture_sigma)
-    identity = {"image": loaded.source, "image_sha256": loaded.sha256, "shape": list(clean.shape)}
-    return Data(noise.noisy, clean, noise, identity)
+    identity = {"image": loaded.source, "image_sha256": loaded.sha256}
+    # x is the clean image, the prior's canvas; for a blur, clean is x's centre of y's size.
+    x = fit_to_prior(loaded.pixels, cfg, prior, loaded.source, multiple=cfg.task not in DEBLUR)
+    mask = kernel = None
+    if cfg.task == "inpaint":
+        mask, more = load_mask(cfg, x.shape, prior)
+        identity |= more
+    if cfg.task in DEBLUR:
+        kernel, more = load_kernel(cfg.kernel, Path(cfg.data_dir))
+        identity |= more
+        if min(x.shape[1] - kernel.shape[0], x.shape[2] - kernel.shape[1]) < 10:
+            raise InputError(f"--kernel {cfg.kernel} is {kernel.shape[0]}x{kernel.shape[1]}: too "
+                             f"large for the {x.shape[1]}x{x.shape[2]} image")  # fmt: skip
+    if cfg.task == "sr" and (x.shape[1] % cfg.factor or x.shape[2] % cfg.factor):
+        raise InputError(f"--factor {cfg.factor} does not divide the image's size "
+                         f"{x.shape[1]}x{x.shape[2]} (after crops); use --crop")  # fmt: skip
+    observed = observe(cfg, x, kernel)
+    noise = corrupt(observed, cfg.noise, cfg.nlevel, derive_seed(cfg.seed, "noise"),
+                    cfg.mixture_sigma)  # fmt: skip
+    y = noise.noisy if mask is None else noise.noisy * mask
+    if cfg.task in DEBLUR:  # the reference of the reported x (see x_shape_of for the estimate)
+        clean = Blur(torch.from_numpy(kernel)[None]).crop(torch.from_numpy(x)).numpy()
+        x_shape = x_shape_of(cfg, y.shape, kernel)
+        check_x_size(cfg, x_shape, prior)
+    else:
+        clean, x_shape = x, x.shape
+    identity["shape"] = list(clean.shape)
+    return Data(y, np.ascontiguousarray(clean), noise, identity, x_shape, mask, kernel)
+
+
+def make_operator(cfg: RunConfig, masks: list, kernels: list, seeds: list[int]) -> Operator:
+    """The forward operator of --task for K runs, from each run's mask or kernel."""
+    if cfg.task == "inpaint":
+        return Mask(torch.from_numpy(np.stack(masks)))
+    if cfg.task == "sr":
+        return Downsample(cfg.factor)
+    if cfg.task == "deblur":
+        return Blur(torch.from_numpy(np.stack(kernels)))
+    if cfg.task == "blind-deblur":
+        return KernelNet(estimated_kernel_size(cfg, kernels[0]), seeds)
+    return Identity()
 
 
 def prepare(cfg: RunConfig) -> Job | None:
@@ -159,6 +304,10 @@ def prepare(cfg: RunConfig) -> Job | None:
               "--ckpt shows what comes after)")  # fmt: skip
         return None
     rundir.save_image("noisy", data.y)
+    if data.mask is not None:
+        rundir.save_image("mask", data.mask)
+    if data.kernel is not None:  # shown scaled to its largest entry
+        rundir.save_image("kernel", data.kernel[None] / data.kernel.max())
     if data.clean is not None:
         rundir.save_image("clean", data.clean)
     if data.noise is not None:
@@ -167,9 +316,14 @@ def prepare(cfg: RunConfig) -> Job | None:
 
 
 def noisy_psnr(data: Data) -> float | None:
+    """PSNR of the observation against the clean image: the input to beat (sr: the observation
+    upsampled by the same antialiased bicubic interpolation, clipped to [0, 1])."""
     if data.clean is None:
         return None
-    return psnr(torch.from_numpy(data.y), torch.from_numpy(data.clean)).item()
+    y, clean = torch.from_numpy(data.y)[None], torch.from_numpy(data.clean)[None]
+    if y.shape != clean.shape:
+        y = F.interpolate(y, size=clean.shape[-2:], mode="bicubic", align_corners=False)
+    return psnr(y.clamp(0, 1), clean).item()
 
 
 def describe(job: Job, parameters: int) -> str:
@@ -178,7 +332,8 @@ def describe(job: Job, parameters: int) -> str:
     noise = f"{cfg.noise} {cfg.nlevel:g}" if data.noise is not None else "observed"
     reference = noisy_psnr(data)
     return (
-        f"{cfg.ckpt}: {cfg.method} ({cfg.loss}), {cfg.prior} prior width {cfg.width} "
+        f"{cfg.ckpt}: {'' if cfg.task == 'denoise' else cfg.task + ', '}"
+        f"{cfg.method} ({cfg.loss}), {cfg.prior} prior width {cfg.width} "
         f"({parameters / 1e6:.2f}M trained parameters) on {source} {data.y.shape[1]}x"
         f"{data.y.shape[2]}, {noise}"
         + ("" if reference is None else f" (noisy PSNR {reference:.2f} dB)")
@@ -193,10 +348,15 @@ def describe(job: Job, parameters: int) -> str:
 def fit_jobs(jobs: list[Job], progress: bool) -> list[int]:
     """Run jobs that share a batch key in one loop; write each run's outputs. Exit codes."""
     first = jobs[0]
-    model = build_model(first.cfg, first.data.y.shape, [j.cfg.seed for j in jobs])
+    seeds = [j.cfg.seed for j in jobs]
+    operator = make_operator(first.cfg, [j.data.mask for j in jobs],
+                             [j.data.kernel for j in jobs], seeds)  # fmt: skip
+    options = SELFDEBLUR_SKIP if first.cfg.task == "blind-deblur" else {}
+    model = build_model(first.cfg, first.data.x_shape, seeds, operator, **options)
     y = first.data.y
     observers = build_observers(first.cfg, (len(jobs), *y.shape), torch.from_numpy(y).dtype)
-    parameters = sum(p.numel() for p in model.prior.trainable()) // len(jobs)
+    trained = model.prior.trainable() + getattr(model.operator, "trainable", list)()
+    parameters = sum(p.numel() for p in trained) // len(jobs)
     for job in jobs:
         print(describe(job, parameters), flush=True)
         job.started = time.time()  # a run's wall time is its batch's, not the batches' before
@@ -210,10 +370,14 @@ def fit_jobs(jobs: list[Job], progress: bool) -> list[int]:
         checkpoint=lambda states: [j.checkpoint(s) for j, s in zip(jobs, states, strict=True)],
         progress=progress,
     )  # fmt: skip
+    kernels = [None] * len(jobs)
+    if isinstance(model.operator, KernelNet):  # the estimate at the end of the loop
+        with torch.no_grad():
+            kernels = list(model.operator.kernel().cpu().numpy())
     codes = []
-    for job, result in zip(jobs, results, strict=True):
+    for job, result, kernel in zip(jobs, results, kernels, strict=True):
         try:
-            finish(job, result, parameters, batch_size=len(jobs))
+            finish(job, result, parameters, batch_size=len(jobs), kernel=kernel)
             codes.append(0)
         except DivergedError as err:
             print(f"error: {err}", file=sys.stderr)
@@ -221,8 +385,10 @@ def fit_jobs(jobs: list[Job], progress: bool) -> list[int]:
     return codes
 
 
-def finish(job: Job, result: FitResult, parameters: int, batch_size: int) -> None:
-    """Write the recovered image, the history and the report of a run that left the loop."""
+def finish(job: Job, result: FitResult, parameters: int, batch_size: int,
+           kernel: np.ndarray | None = None) -> None:  # fmt: skip
+    """Write the recovered image, the history and the report of a run that left the loop (and,
+    for blind deblurring, the estimated ``kernel``)."""
     cfg, rundir = job.cfg, job.rundir
     if result.image is None:  # diverged before its first finite row
         raise DivergedError(
@@ -238,6 +404,12 @@ def finish(job: Job, result: FitResult, parameters: int, batch_size: int) -> Non
         rundir.save_image("stopped", result.detections[cfg.stop]["image"])
     rundir.save_history(result.history)
     report = make_report(job, result, parameters, batch_size)
+    if kernel is not None:
+        rundir.save_image("estimated_kernel", kernel[None] / kernel.max())
+        true = {} if job.data.kernel is None else {"true": job.data.kernel}
+        rundir.save_kernels(estimated=kernel, **true)
+        if job.data.kernel is not None:
+            report["kernel_correlation"] = kernel_correlation(kernel, job.data.kernel)
     rundir.save_config(dataclasses.asdict(cfg), job.data.identity, report)
     if result.diverged_at is not None:
         raise DivergedError(

@@ -36,10 +36,10 @@ from tqdm import tqdm
 
 from models import PRIORS, Prior, SparseTerm
 from utils.config import RunConfig
-from utils.losses import LOSSES
+from utils.losses import data_fit
 from utils.metrics import METRICS
 from utils.observers import MovingAverage, Observer
-from utils.operators import Identity
+from utils.operators import Identity, Operator
 from utils.seeding import derive_seed
 from utils.state import is_finite, stack_states, unstack_state
 from utils.stopping import RULES, StoppingRule, stopping_rules
@@ -49,7 +49,7 @@ class Model(nn.Module):
     """y ≈ A(x) [+ g⊙g − h⊙h] with x from the prior."""
 
     def __init__(
-        self, prior: Prior, operator: nn.Module | None = None, sparse: SparseTerm | None = None
+        self, prior: Prior, operator: Operator | None = None, sparse: SparseTerm | None = None
     ) -> None:
         super().__init__()
         self.prior = prior
@@ -61,22 +61,28 @@ class Model(nn.Module):
         return self.prior.runs
 
     def forward(self, eta: Tensor | None) -> tuple[Tensor, Tensor]:
-        """(x, prediction of y) for the K runs."""
+        """(x, prediction of y) for the K runs; x is the part the operator reports (all of it but
+        for a 'valid' blur)."""
         x = self.prior(eta)
         prediction = self.operator(x)
+        x = self.operator.crop(x)
         return x, prediction if self.sparse is None else prediction + self.sparse()
 
 
 def build_model(
-    cfg: RunConfig, image_shape: Sequence[int], seeds: Sequence[int], **prior_options
-) -> Model:
-    """The model of ``cfg`` for K = len(seeds) runs on images of ``image_shape`` (C, H, W), each
-    run drawn from the streams of its own seed, on the CPU (so the draws do not depend on the
-    device). ``prior_options`` go to the prior (e.g. ``scales`` of the skip net)."""
+    cfg: RunConfig, image_shape: Sequence[int], seeds: Sequence[int],
+    operator: Operator | None = None, **prior_options,
+) -> Model:  # fmt: skip
+    """The model of ``cfg`` for K = len(seeds) runs with images x of ``image_shape`` (C, H, W)
+    and the forward ``operator`` (default: the identity), each run drawn from the streams of its
+    own seed, on the CPU (so the draws do not depend on the device). The sparse term has the
+    shape of the observation A(x). ``prior_options`` go to the prior (e.g. ``scales``)."""
     prior = PRIORS[cfg.prior](image_shape, width=cfg.width, seeds=seeds, pad=cfg.pad,
                               **prior_options)  # fmt: skip
-    sparse = SparseTerm(image_shape, seeds) if cfg.method == "dop" else None
-    return Model(prior, Identity(), sparse)
+    operator = operator if operator is not None else Identity()
+    observed = operator.output_shape(image_shape)
+    sparse = SparseTerm(observed, seeds) if cfg.method == "dop" else None
+    return Model(prior, operator, sparse)
 
 
 def build_observers(cfg: RunConfig, shape: Sequence[int], dtype: torch.dtype) -> list[Observer]:
@@ -142,12 +148,17 @@ def precision(speed: Speed) -> Iterator[None]:
 
 
 def make_optimizer(model: Model, cfg: RunConfig, speed: Speed = Speed()) -> torch.optim.Optimizer:
-    """Two groups: the prior's trainable tensors with lr, (g, h) with lr_c (after its scaling).
-    SGD has no momentum, as in the paper."""
+    """Two groups: the prior's trainable tensors with lr, (g, h) with lr_c (after its scaling);
+    a third, the operator's (blind deblurring's kernel generator), with lr_kernel. SGD has no
+    momentum, as in the paper. Each group keeps its ``base_lr`` for ``--lr_milestones``."""
     groups = [{"params": model.prior.trainable(), "lr": cfg.lr}]
     if model.sparse is not None:
         numel = model.sparse.g[0].numel()
         groups.append({"params": list(model.sparse.parameters()), "lr": cfg.lr_c_used(numel)})
+    if hasattr(model.operator, "trainable"):
+        groups.append({"params": model.operator.trainable(), "lr": cfg.lr_kernel})
+    for group in groups:
+        group["base_lr"] = group["lr"]
     optimizers = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
     return optimizers[cfg.alg](groups, lr=cfg.lr, **speed.optimizer_kernels())
 
@@ -246,7 +257,9 @@ def fit_batch(
             due = j % cfg.save_every == 0 or j - 1 in loop.stopped_at  # a run stopped at j − 1
             if checkpoint is not None and j > loop.start and due:
                 checkpoint(snapshot(loop, j))
-            x, losses = evaluate(loop, forward)
+            if cfg.lr_milestones:
+                set_learning_rates(loop.optimizer, cfg, j)
+            x, losses = evaluate(loop, forward, j)
             for observer in loop.observers:
                 observer.update(j, x)
             if j % cfg.show_every == 0 or j == cfg.num_iter - 1:
@@ -323,14 +336,24 @@ def restore(loop: Loop, states: Sequence[dict]) -> None:
     loop.start = states[0]["iteration"]
 
 
-def evaluate(loop: Loop, forward: Callable) -> tuple[Tensor, Tensor]:
-    """One forward pass: the K image estimates x (detached, in y's dtype) and the K losses."""
+def set_learning_rates(optimizer: torch.optim.Optimizer, cfg: RunConfig, j: int) -> None:
+    """Step decay (``torch.optim.lr_scheduler.MultiStepLR`` in closed form, as SelfDeblur
+    steps it): every group's lr at iteration j is base_lr · γ^(milestones ≤ j). Stateless, so a
+    resumed run continues the schedule exactly."""
+    factor = cfg.lr_gamma ** sum(m <= j for m in cfg.milestones())
+    for group in optimizer.param_groups:
+        group["lr"] = group["base_lr"] * factor
+
+
+def evaluate(loop: Loop, forward: Callable, j: int = 0) -> tuple[Tensor, Tensor]:
+    """One forward pass at iteration j: the K image estimates x (detached, in y's dtype) and
+    the K losses."""
     if loop.eta is not None:
         for k, generator in enumerate(loop.generators):
             loop.eta[k].normal_(0.0, loop.cfg.reg_noise_std, generator=generator)
     with torch.autocast(loop.y.device.type, torch.bfloat16, enabled=loop.speed.bf16):
         x, prediction = forward(loop.eta)
-    losses = LOSSES[loop.cfg.loss](prediction.to(loop.y.dtype) - loop.y)  # fp32 under bf16
+    losses = data_fit(loop.cfg, prediction.to(loop.y.dtype), loop.y, j)  # fp32 under bf16
     return x.detach().to(loop.y.dtype), losses
 
 

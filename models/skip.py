@@ -146,6 +146,7 @@ class SkipPrior(Prior):
     The net may run on a canvas larger than the image (``pad``: the sides rounded up to a
     multiple of 2**scales); its output is centre-cropped back, so the loss sees exactly the
     image's pixels. K seeds make K runs: one grouped net (K groups), z of shape (K, 32, H, W).
+    ``input_depth`` and ``skip`` change z's channels and the skip channels (SelfDeblur: 8, 16).
     """
 
     defaults = {"alg": "sgd", "lr": 1.0, "reg_noise_std": 1.0 / 30.0}
@@ -160,13 +161,14 @@ class SkipPrior(Prior):
         pad: bool = False,
         scales: int = SCALES,
         skip: int = 4,
+        input_depth: int = INPUT_DEPTH,
     ) -> None:
         super().__init__()
         channels, h, w = image_shape
         self.image_size = (h, w)
         step, least = 2**scales, min_input_size(scales)
         canvas = [max(least, -(-s // step) * step) for s in (h, w)] if pad else [h, w]
-        sizes = dict(in_channels=INPUT_DEPTH, out_channels=channels, width=width, scales=scales,
+        sizes = dict(in_channels=input_depth, out_channels=channels, width=width, scales=scales,
                      skip=skip)  # fmt: skip
         nets = []
         for seed in seeds:
@@ -180,7 +182,7 @@ class SkipPrior(Prior):
                 self.net = SkipNet(**sizes, groups=len(nets))
             self.net.load_state_dict(stack_states([net.state_dict() for net in nets]))
         inputs = [
-            torch.rand(1, INPUT_DEPTH, *canvas,
+            torch.rand(1, input_depth, *canvas,
                        generator=torch.Generator().manual_seed(derive_seed(seed, "input")))
             for seed in seeds
         ]  # fmt: skip

@@ -17,13 +17,22 @@ from typing import Any
 from models import PRIORS
 from utils import InputError
 from utils.images import DEFAULT_DATA_DIR
-from utils.losses import LOSSES
+from utils.losses import LOSS_NAMES
 from utils.noise import NOISES
 from utils.stopping import RULES
 
 REFERENCE_NUMEL = 3 * 512 * 512  # image size at which the public lr_c = 500 was tuned
 LR_C_SCALINGS = ("none", "n", "sqrt")
 METHODS = ("dop", "dip")  # with the sparse term g⊙g − h⊙h, or the prior alone
+TASKS = ("denoise", "inpaint", "sr", "deblur", "blind-deblur")  # the forward operators
+DEBLUR = ("deblur", "blind-deblur")
+# Settings a task fills where the command line leaves them unset (None), before the prior's:
+# blind deblurring is SelfDeblur's (Ren et al., CVPR 2020; REFERENCE.md §7).
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "blind-deblur": {"alg": "adam", "lr": 0.01, "reg_noise_std": 0.001,
+                     "lr_milestones": "2000,3000,4000"},
+}  # fmt: skip
+GENERIC_DEFAULTS = {"lr_kernel": 1e-4, "lr_milestones": ""}
 
 
 def setting(default: Any, help: str, group: str, *, type: Any = None, choices=None,
@@ -34,9 +43,10 @@ def setting(default: Any, help: str, group: str, *, type: Any = None, choices=No
     return field(default=default, metadata=meta)
 
 
-DATA, MODEL, OPTIM, STOP, RUN = ("the data", "the model", "optimisation",
-                                 "early stopping and smoothing (no ground truth)",
-                                 "running and outputs")  # fmt: skip
+DATA, TASK, MODEL, OPTIM, STOP, RUN = ("the data", "the task (forward operator)", "the model",
+                                       "optimisation",
+                                       "early stopping and smoothing (no ground truth)",
+                                       "running and outputs")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -75,14 +85,36 @@ class RunConfig:
         "input perturbation each draw from their own stream derived from it",
         DATA,
     )
+    # --- the task
+    task: str = setting(
+        "denoise", "what the observation is (utils/operators.py): denoise (y = x + noise), "
+        "inpaint (a pixel mask), sr (x4 antialiased bicubic downsampling), deblur (a 'valid' "
+        "convolution with --kernel), blind-deblur (the kernel is unknown and generated too, "
+        "SelfDeblur); --nlevel adds the --noise on top (default 0 for every task but denoise)",
+        TASK, choices=TASKS)  # fmt: skip
+    keep: float = setting(0.5, "inpaint: the fraction of pixels kept by a Bernoulli mask", TASK)
+    mask: str | None = setting(
+        None, "inpaint: a mask image instead of --keep (white = observed; gray thresholded at 0.5, "
+        "the channels' mean), the image's size after the crops", TASK, type=str)  # fmt: skip
+    factor: int = setting(4, "sr: the downsampling factor s (it must divide the image's sides)",
+                          TASK)  # fmt: skip
+    kernel: str | None = setting(
+        None, "deblur: the blur kernel, a gray image normalised to sum 1; blind-deblur: the true "
+        "kernel that makes a synthetic observation (and is compared with the estimate)", TASK,
+        type=str)  # fmt: skip
+    kernel_size: int | None = setting(
+        None, "blind-deblur: the side N of the estimated N x N kernel (default: the size of "
+        "--kernel; larger than the true kernel is allowed)", TASK, type=int)  # fmt: skip
     # --- the model
     method: str = setting(
         "dop", "dop: y ~ A(x) + g*g - h*h (the sparse term absorbs outliers); dip: y ~ A(x)",
         MODEL, choices=METHODS)  # fmt: skip
     prior: str = setting("skip", "the generator of x (see models/)", MODEL, choices=tuple(PRIORS))
     width: int = setting(128, "channels at every scale of the skip net", MODEL)
-    loss: str = setting("l2", "data-fit loss: l2 (mean squared) or l1 (mean absolute)", MODEL,
-                        choices=tuple(LOSSES))  # fmt: skip
+    loss: str = setting("l2", "data-fit loss: l2 (mean squared), l1 (mean absolute) or "
+                        "l2_then_ssim (l2, then 1 - SSIM after --loss_switch iterations: "
+                        "SelfDeblur's)", MODEL,
+                        choices=LOSS_NAMES)  # fmt: skip
     # --- optimisation
     alg: str | None = setting(
         None, "optimizer: sgd (no momentum) or adam (default: the prior's; sgd for skip)",
@@ -96,6 +128,16 @@ class RunConfig:
         "public code), n (by n / n_512: same step of g per residual) or sqrt (by "
         "sqrt(n / n_512))", OPTIM, choices=LR_C_SCALINGS)  # fmt: skip
     num_iter: int = setting(150_000, "iterations", OPTIM, defines_run=False)
+    loss_switch: int = setting(1000, "--loss l2_then_ssim: iterations of l2 before 1 - SSIM",
+                               OPTIM)  # fmt: skip
+    lr_kernel: float | None = setting(
+        None, "blind-deblur: Adam's step for the kernel generator (default 1e-4, SelfDeblur's)",
+        OPTIM, type=float)  # fmt: skip
+    lr_milestones: str | None = setting(
+        None, "iterations, comma-separated, at which every step is multiplied by --lr_gamma "
+        "(default: none; blind-deblur 2000,3000,4000, SelfDeblur's)", OPTIM,
+        type=str)  # fmt: skip
+    lr_gamma: float = setting(0.5, "the factor of --lr_milestones", OPTIM)
     reg_noise_std: float | None = setting(
         None, "std of the fresh input perturbation eta (default: the prior's; 1/30 for skip)",
         OPTIM, type=float)  # fmt: skip
@@ -142,13 +184,22 @@ class RunConfig:
     quiet: bool = setting(False, "no progress bar", RUN, defines_run=False)
 
     def with_defaults(self, defaults: dict[str, Any] | None = None) -> RunConfig:
-        """The settings with every None replaced by its default: the prior's (or ``defaults``)
-        for the optimizer and the perturbation, 0.5 for a synthetic noise level."""
-        defaults = defaults or PRIORS[self.prior].defaults
+        """The settings with every None replaced by its default: the task's (``TASK_DEFAULTS``),
+        then the prior's (or ``defaults``) for the optimizer and the perturbation; the noise
+        type's level for synthetic denoising, 0 (no noise) for the other tasks."""
+        defaults = GENERIC_DEFAULTS | (defaults or PRIORS[self.prior].defaults)
+        defaults = defaults | TASK_DEFAULTS.get(self.task, {})
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         if self.observed is None and self.nlevel is None:
-            filled["nlevel"] = NOISES[self.noise].default
+            filled["nlevel"] = NOISES[self.noise].default if self.task == "denoise" else 0.0
         return dataclasses.replace(self, **filled)
+
+    def milestones(self) -> list[int]:
+        """--lr_milestones as integers (InputError when they are not)."""
+        try:
+            return [int(m) for m in (self.lr_milestones or "").split(",") if m.strip()]
+        except ValueError:
+            raise InputError("--lr_milestones must be integers separated by commas") from None
 
     def lr_c_used(self, numel: int) -> float:
         """lr_c after ``lr_c_scaling`` for an observation of ``numel`` entries per run.
@@ -167,6 +218,13 @@ class RunConfig:
         unused |= {"mixture_sigma"} if self.noise != "mixture" else set()
         if self.stop == "none":
             unused |= {"stop_window", "stop_patience", "stop_decay"}
+        unused |= {"task"} if self.task == "denoise" else set()  # every run before tasks
+        unused |= {"keep", "mask"} if self.task != "inpaint" else set()
+        unused |= {"factor"} if self.task != "sr" else set()
+        unused |= {"kernel"} if self.task not in DEBLUR else set()
+        unused |= {"kernel_size", "lr_kernel"} if self.task != "blind-deblur" else set()
+        unused |= {"loss_switch"} if self.loss != "l2_then_ssim" else set()
+        unused |= {"lr_milestones", "lr_gamma"} if not self.lr_milestones else set()
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.metadata["defines_run"] and f.name not in unused}  # fmt: skip
 
@@ -181,6 +239,28 @@ class RunConfig:
             (self.clean is not None and self.observed is None,
              "--clean goes with --observed (a synthetic run has its own clean image)"),
             (self.width < 1, "--width must be at least 1"),
+            (not 0 < self.keep <= 1, "--keep must be a fraction in (0, 1]"),
+            (self.factor < 1, "--factor must be a positive integer"),
+            (self.mask is not None and self.task != "inpaint", "--mask goes with --task inpaint"),
+            (self.observed is not None and self.task == "inpaint" and self.mask is None,
+             "--task inpaint with --observed needs the --mask of the observed pixels"),
+            (self.kernel is not None and self.task not in DEBLUR,
+             "--kernel goes with --task deblur or blind-deblur"),
+            (self.task == "deblur" and self.kernel is None, "--task deblur needs --kernel PATH"),
+            (self.task == "blind-deblur" and self.kernel is None
+             and (self.observed is None or self.kernel_size is None),
+             "--task blind-deblur needs --kernel_size N with --observed, and --kernel PATH (the "
+             "true kernel) for a synthetic observation"),
+            (self.kernel_size is not None and self.task != "blind-deblur",
+             "--kernel_size goes with --task blind-deblur (deblur takes the --kernel's size)"),
+            (self.kernel_size is not None and self.kernel_size < 1,
+             "--kernel_size must be positive"),
+            (self.lr_kernel is not None and not (self.lr_kernel > 0
+                                                 and math.isfinite(self.lr_kernel)),
+             "--lr_kernel must be a positive number"),
+            (not 0 < self.lr_gamma <= 1, "--lr_gamma must be in (0, 1]"),
+            (self.loss_switch < 0, "--loss_switch must be >= 0"),
+            (any(m < 1 for m in self.milestones()), "--lr_milestones must be positive"),
             (self.num_iter < 1, "--num_iter must be at least 1"),
             (self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)),
              "--lr must be a positive number"),

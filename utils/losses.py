@@ -1,15 +1,24 @@
-"""Data-fit losses of the residual r = prediction − y, one value per run.
+"""Data-fit losses of the prediction A(x) [+ s] against the observation y, one value per run.
 
-Each maps r of shape (K, ...) to a (K,) tensor: the mean over each run's entries, as
-``torch.nn.MSELoss()`` / ``L1Loss()`` with mean reduction in the public code. The loop minimises
-the sum over runs, so each run's parameters get the gradient of its own loss only.
+``l2`` and ``l1`` map the residual r = prediction − y of shape (K, ...) to a (K,) tensor: the mean
+over each run's entries, as ``torch.nn.MSELoss()`` / ``L1Loss()`` with mean reduction in the public
+code. ``l2_then_ssim`` is SelfDeblur's (Ren et al., CVPR 2020): the mean squared error for the
+first ``--loss_switch`` iterations (1000 there), then 1 − SSIM(prediction, y) (Wang et al.'s SSIM,
+``utils.metrics.ssim_of``). The loop minimises the sum over runs, so each run's parameters get the
+gradient of its own loss only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from torch import Tensor
+
+from utils.metrics import ssim_of
+
+if TYPE_CHECKING:
+    from utils.config import RunConfig
 
 
 def l2(residual: Tensor) -> Tensor:
@@ -23,3 +32,13 @@ def l1(residual: Tensor) -> Tensor:
 
 
 LOSSES: dict[str, Callable[[Tensor], Tensor]] = {"l2": l2, "l1": l1}
+LOSS_NAMES = (*LOSSES, "l2_then_ssim")
+
+
+def data_fit(cfg: RunConfig, prediction: Tensor, y: Tensor, iteration: int) -> Tensor:
+    """The K losses of ``cfg.loss`` at ``iteration``."""
+    if cfg.loss != "l2_then_ssim":
+        return LOSSES[cfg.loss](prediction - y)
+    if iteration < cfg.loss_switch:
+        return l2(prediction - y)
+    return 1.0 - ssim_of(prediction, y)

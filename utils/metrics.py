@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -26,6 +27,11 @@ def psnr(
 
 
 def ssim(x: Tensor, ref: Tensor, data_range: float = 1.0, sigma: float = 1.5) -> Tensor:
+    """``ssim_of`` in float64 on detached tensors: the metric (see there)."""
+    return ssim_of(x.detach().double(), ref.detach().double(), data_range, sigma)
+
+
+def ssim_of(x: Tensor, ref: Tensor, data_range: float = 1.0, sigma: float = 1.5) -> Tensor:
     """Structural similarity of Wang, Bovik, Sheikh, Simoncelli (IEEE TIP 2004), one value per
     image of a (K, C, H, W) batch: local means, variances and covariance under an 11×11 Gaussian
     window (σ = 1.5, population statistics), constants (0.01 L)² and (0.03 L)², averaged over the
@@ -33,10 +39,11 @@ def ssim(x: Tensor, ref: Tensor, data_range: float = 1.0, sigma: float = 1.5) ->
 
     Equals ``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
     use_sample_covariance=False, channel_axis=0)`` per image (tested), the setting skimage names
-    as Wang et al.'s. Both sides must be at least 11 pixels.
+    as Wang et al.'s. Both sides must be at least 11 pixels. Differentiable, in x's dtype (the
+    1 − SSIM loss of ``utils.losses``).
     """
     radius = int(3.5 * sigma + 0.5)  # skimage's (scipy's) truncation of the Gaussian
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64, device=x.device)
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     window = torch.exp(-(t**2) / (2 * sigma**2))
     window = window / window.sum()
     k, c, h, w = x.shape
@@ -48,7 +55,7 @@ def ssim(x: Tensor, ref: Tensor, data_range: float = 1.0, sigma: float = 1.5) ->
         flat = F.conv2d(flat, window.view(1, 1, -1, 1))
         return F.conv2d(flat, window.view(1, 1, 1, -1))
 
-    a, b = x.detach().double(), ref.detach().double()
+    a, b = x, ref.to(x.dtype)
     mu_a, mu_b = blur(a), blur(b)
     var_a = blur(a * a) - mu_a**2
     var_b = blur(b * b) - mu_b**2
@@ -65,3 +72,16 @@ METRICS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
     "psnr": lambda x, clean: psnr(x, clean, dim=(1, 2, 3)),
     "ssim": ssim,
 }
+
+
+def kernel_correlation(estimate: np.ndarray, true: np.ndarray) -> float:
+    """How well a blur kernel estimate matches the true kernel, up to a shift and a size: the
+    largest normalised cross-correlation max_t <k̂, k(· − t)> / (‖k̂‖ ‖k‖) over every relative
+    position t of the two 2-D arrays (``scipy.signal.correlate`` in 'full' mode), in [0, 1] for
+    non-negative kernels, 1 when one is a shifted copy of the other. A shift of the kernel is
+    undone by an opposite shift of the image in blind deblurring, and an over-specified kernel
+    size leaves the estimate anywhere in its larger box, so both are ignored."""
+    from scipy.signal import correlate
+
+    a, b = np.asarray(estimate, np.float64), np.asarray(true, np.float64)
+    return float(correlate(a, b, mode="full").max() / (np.linalg.norm(a) * np.linalg.norm(b)))

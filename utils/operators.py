@@ -3,16 +3,192 @@
 An operator is an ``nn.Module`` that maps image estimates x of shape (K, C, H, W) (K runs) to
 predictions of the observations. Whatever it holds per run (a mask, a kernel) is a buffer with the
 runs along dimension 0, so it moves, checkpoints and batches with the model. The loop only calls
-it forward; it never needs an adjoint.
+it forward; it never needs an adjoint. Besides ``forward`` an operator says
+
+* ``output_shape((C, H, W))``: the shape of one run's A(x), which the sparse term g⊙g − h⊙h takes
+  (the observation's: smaller than x for super-resolution and a 'valid' blur);
+* ``crop(x)``: the part of x that is reported and compared with the clean image (all of x, except
+  for a 'valid' blur: the centre of the observation's size, as SelfDeblur reports it).
+
+=============== ============================================== =====================================
+operator        A(x)                                            shapes
+=============== ============================================== =====================================
+``Identity``    x (denoising)                                   (C, H, W) → (C, H, W)
+``Mask``        m ⊙ x, m ∈ {0, 1} per pixel (inpainting)        (C, H, W) → (C, H, W)
+``Downsample``  antialiased bicubic ×1/s (super-resolution)     (C, H, W) → (C, H/s, W/s)
+``Blur``        x ∗ k, 'valid' (deblurring)                     (C, H, W) → (C, H−kh+1, W−kw+1)
+``KernelNet``   x ∗ G_k(z_k), 'valid' (blind deblurring)        as ``Blur``
+=============== ============================================== =====================================
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from utils.seeding import derive_seed
 
-class Identity(nn.Module):
-    """A(x) = x: denoising, where y is the image plus noise."""
+
+class Operator(nn.Module):
+    """A(x) = x, and the defaults of the interface above: denoising, where y is x plus noise."""
 
     def forward(self, x: Tensor) -> Tensor:
         return x
+
+    def output_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        return tuple(shape)
+
+    def crop(self, x: Tensor) -> Tensor:
+        return x
+
+
+class Identity(Operator):
+    """A(x) = x: denoising, where y is the image plus noise."""
+
+
+class Mask(Operator):
+    """Inpainting: A(x) = m ⊙ x with a binary pixel mask m (1: observed), the same for every
+    channel; the loss then sees the observed pixels only (the unobserved ones are 0 on both sides),
+    as in the Deep Image Prior's inpainting (Ulyanov et al., CVPR 2018). ``masks``: (K, 1, H, W)."""
+
+    def __init__(self, masks: Tensor) -> None:
+        super().__init__()
+        if masks.dim() != 4 or masks.shape[1] != 1:
+            raise ValueError(f"masks must be (K, 1, H, W), got {tuple(masks.shape)}")
+        self.register_buffer("mask", masks.float())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.mask.to(x.dtype)
+
+
+def bernoulli_mask(shape: Sequence[int], keep: float, seed: int) -> Tensor:
+    """A (1, H, W) pixel mask keeping each pixel with probability ``keep``, drawn from the run's
+    "mask" stream (``utils.seeding``)."""
+    generator = torch.Generator().manual_seed(derive_seed(seed, "mask"))
+    return (torch.rand(1, *shape[-2:], generator=generator) < keep).float()
+
+
+class Downsample(Operator):
+    """Super-resolution: A(x) = D_s(x), a ×s reduction with the antialiased bicubic kernel of
+    ``torch.nn.functional.interpolate(mode="bicubic", antialias=True)``: Keys' cubic (a = −0.5)
+    stretched by s, so 4s taps per output pixel, with its weights renormalised where the support
+    leaves the image (no padding assumption). It equals PIL's ``Image.resize(..., BICUBIC)`` on
+    float images (tested), the usual way SR benchmarks make their low-resolution inputs.
+
+    The Deep Image Prior's code uses its own Lanczos-2 kernel (support 2 lobes, also stretched by
+    s) as a strided convolution with replicate padding; Lanczos-2 and Keys' cubic are both
+    two-lobe approximations of the ideal low-pass filter and differ by a few percent in their
+    weights. We use the library call because it is tested against a reference (PIL) and needs no
+    kernel of our own; the choice is the same for the observation and the model, so the fit is
+    consistent either way. The map is linear (no clamping on floating-point tensors)."""
+
+    def __init__(self, factor: int) -> None:
+        super().__init__()
+        if factor < 1:
+            raise ValueError(f"the factor must be a positive integer, got {factor}")
+        self.factor = factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = self.output_shape(x.shape[-3:])[-2:]
+        return F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+
+    def output_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        c, h, w = shape
+        if h % self.factor or w % self.factor:
+            raise ValueError(f"the factor {self.factor} does not divide the size {h}x{w}")
+        return c, h // self.factor, w // self.factor
+
+
+def convolve_valid(x: Tensor, kernels: Tensor) -> Tensor:
+    """(x_k ∗ k_k) for each run k, every channel alike, 'valid': x (K, C, H, W), kernels
+    (K, kh, kw) → (K, C, H − kh + 1, W − kw + 1). A true convolution (the kernel flipped, as
+    ``scipy.signal.convolve2d(x, k, mode="valid")``): output pixel (i, j) is
+    Σ_{a,b} k[a, b] x[i + kh − 1 − a, j + kw − 1 − b], so only pixels of x enter it and no border
+    is assumed. The K runs are one grouped convolution."""
+    runs, channels, h, w = x.shape
+    weight = kernels.flip(-2, -1).to(x.dtype).repeat_interleave(channels, dim=0)
+    out = F.conv2d(x.reshape(1, runs * channels, h, w), weight[:, None], groups=runs * channels)
+    return out.reshape(runs, channels, *out.shape[-2:])
+
+
+class Blur(Operator):
+    """Deblurring with a known kernel: A(x) = x ∗ k, 'valid' (``convolve_valid``). x is larger
+    than the observation by the kernel's size less one, as in SelfDeblur (Ren et al., CVPR 2020):
+    the observation's borders need no boundary condition (no wrap-around, no padding), and the
+    image reported is the centre of x of the observation's size. ``kernels``: (K, kh, kw), each
+    non-negative and summing to 1."""
+
+    def __init__(self, kernels: Tensor) -> None:
+        super().__init__()
+        if kernels.dim() != 3:
+            raise ValueError(f"kernels must be (K, kh, kw), got {tuple(kernels.shape)}")
+        self.register_buffer("kernels", kernels.float())
+
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        return tuple(self.kernels.shape[-2:])
+
+    def kernel(self) -> Tensor:
+        """The K kernels (K, kh, kw)."""
+        return self.kernels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return convolve_valid(x, self.kernel())
+
+    def output_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        c, h, w = shape
+        kh, kw = self.kernel_size
+        return c, h - kh + 1, w - kw + 1
+
+    def crop(self, x: Tensor) -> Tensor:
+        kh, kw = self.kernel_size
+        top, left = kh // 2, kw // 2  # SelfDeblur's padh // 2, padw // 2
+        return x[..., top : x.shape[-2] - (kh - 1 - top), left : x.shape[-1] - (kw - 1 - left)]
+
+
+KERNEL_INPUT = 200  # SelfDeblur's fcn: a fixed 200-d input
+KERNEL_HIDDEN = 1000
+
+
+class KernelNet(Blur):
+    """Blind deblurring: A(x) = x ∗ G_k(z_k), 'valid', with the kernel made by a generator of its
+    own (SelfDeblur, Ren, Zhang, Wang, Hu, Zuo, CVPR 2020, networks/fcn.py):
+    G_k = Linear(200 → 1000) − ReLU6 − Linear(1000 → kh·kw) − Softmax on a fixed input
+    z_k ~ uniform[0, 0.1)^200, so every kernel is non-negative and sums to 1. K runs hold K nets
+    as batched weights (K, out, in), each initialised as ``nn.Linear`` from the run's "kernel"
+    stream; the weights are trained (``trainable()``, a third optimizer group with its own step).
+    """
+
+    def __init__(self, kernel_size: Sequence[int], seeds: Sequence[int]) -> None:
+        Operator.__init__(self)
+        self.size = tuple(kernel_size)
+        params: dict[str, list[Tensor]] = {"w1": [], "b1": [], "w2": [], "b2": []}
+        inputs = []
+        for seed in seeds:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derive_seed(seed, "kernel"))
+                first = nn.Linear(KERNEL_INPUT, KERNEL_HIDDEN)
+                second = nn.Linear(KERNEL_HIDDEN, math.prod(self.size))
+                inputs.append(torch.rand(KERNEL_INPUT) * 0.1)
+            for name, tensor in zip(params, (first.weight, first.bias, second.weight,
+                                             second.bias), strict=True):  # fmt: skip
+                params[name].append(tensor.detach())
+        for name, tensors in params.items():
+            self.register_parameter(name, nn.Parameter(torch.stack(tensors)))
+        self.register_buffer("input", torch.stack(inputs))
+
+    @property
+    def kernel_size(self) -> tuple[int, int]:
+        return self.size
+
+    def kernel(self) -> Tensor:
+        hidden = F.relu6(torch.baddbmm(self.b1[..., None], self.w1, self.input[..., None]))
+        logits = torch.baddbmm(self.b2[..., None], self.w2, hidden)[..., 0]
+        return logits.softmax(-1).reshape(-1, *self.size)
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [self.w1, self.b1, self.w2, self.b2]

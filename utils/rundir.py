@@ -33,6 +33,10 @@ FILES = {
     "history": "history.csv",  # the logged rows
     "config": "config.json",  # settings, data and report
     "noise": "noise.npz",  # the synthetic corruption: noisy, salt, pepper
+    "mask": "mask.png",  # inpainting: the observed pixels (white)
+    "kernel": "kernel.png",  # deblurring: the known (or true) kernel, scaled to its maximum
+    "estimated_kernel": "estimated_kernel.png",  # blind deblurring: the estimate, likewise
+    "kernels": "kernels.npz",  # blind deblurring: the estimated (and true) kernels' values
     "state": "state.pt",  # the resumable state
 }
 
@@ -61,6 +65,9 @@ class RunDir:
 
     def save_noise(self, **arrays: np.ndarray) -> None:
         save_npz(self.path("noise"), **arrays)
+
+    def save_kernels(self, **arrays: np.ndarray) -> None:
+        save_npz(self.path("kernels"), **arrays)
 
     def save_history(self, rows: list[dict[str, float]]) -> None:
         columns = list(rows[0]) if rows else ["iteration", "loss"]

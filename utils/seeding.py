@@ -1,17 +1,17 @@
 """One ``--seed``, independent random streams for every random thing a run draws.
 
-The network's weights, its input z, the sparse term's g and h, the corruption and the input
-perturbation η each get a seed of their own, derived from the run's seed by numpy's
-``SeedSequence`` (spawn key = the stream's index in ``STREAMS``). Streams are statistically
-independent, so no tensor is a function of another's draws, and adding a stream at the end of
-``STREAMS`` leaves the others as they were.
+The network's weights, its input z, the sparse term's g and h, the corruption, the input
+perturbation η, the inpainting mask and the kernel generator each get a seed of their own,
+derived from the run's seed by numpy's ``SeedSequence`` (spawn key = the stream's index in
+``STREAMS``). Streams are statistically independent, so no tensor is a function of another's
+draws, and adding a stream at the end of ``STREAMS`` leaves the others as they were.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-STREAMS = ("weights", "input", "sparse", "noise", "eta")
+STREAMS = ("weights", "input", "sparse", "noise", "eta", "mask", "kernel")
 
 
 def derive_seed(seed: int, stream: str) -> int:
