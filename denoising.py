@@ -28,10 +28,11 @@ import torch
 import torch.nn.functional as F
 
 from models import PRIORS, Prior
-from recovery import FitResult, build_model, build_observers, fit_batch
-from utils import InputError
+from recovery import FitResult, build_model, build_observers, cpu_has_bf16, fit_batch
+from utils import InputError, memory
 from utils.config import DEBLUR, RunConfig, parse
 from utils.images import EMBEDDED_DEFAULT, centre_crop, crop_to_multiple, resolve_image
+from utils.memory import gigabytes
 from utils.metrics import METRICS, kernel_correlation, psnr
 from utils.noise import Corruption, corrupt
 from utils.operators import Blur, Downsample, Identity, KernelNet, Mask, Operator, bernoulli_mask
@@ -290,9 +291,16 @@ def prepare(cfg: RunConfig) -> Job | None:
     inputs; None when the run has already finished."""
     cfg.check()
     device, device_name = pick_device(cfg.gpu)
-    print(f"device: {device_name}", flush=True)
     cfg = cfg.with_defaults()
     data = load_data(cfg)
+    need, have = memory_need(cfg, data.y.shape, device), memory.available(device)
+    print(f"device: {device_name}; memory: {memory.fits_message(need, have)}", flush=True)
+    if need.bytes > have:  # before anything is written
+        raise InputError(
+            f"{cfg.ckpt}: {data.y.shape[1]}x{data.y.shape[2]} at --width {cfg.width} needs about "
+            f"{need}, more than the {gigabytes(have)} available on {device}; would fit: "
+            + memory.advice(need, have, min(data.y.shape[1:]), PRIORS[cfg.prior].multiple)
+        )
     rundir = RunDir(Path(cfg.out_dir), cfg.ckpt)
     state = rundir.claim(cfg.defining(), data.identity, cfg.num_iter, cfg.resume, cfg.overwrite)
     if state is not None and state["iteration"] == cfg.num_iter:
@@ -313,6 +321,19 @@ def prepare(cfg: RunConfig) -> Job | None:
     if data.noise is not None:
         rundir.save_noise(noisy=data.noise.noisy, **data.noise.fields)
     return Job(cfg, rundir, data, state, device, device_name)
+
+
+def memory_need(cfg: RunConfig, shape: tuple[int, ...], device: torch.device,
+                runs: int = 1) -> memory.Need:  # fmt: skip
+    """The estimated peak memory of ``runs`` runs of ``cfg`` on images of ``shape`` (C, H, W):
+    on the net's canvas (--pad rounds the sides up to the prior's multiple), on this path."""
+    multiple = PRIORS[cfg.prior].multiple if cfg.pad else 1
+    pixels = math.prod(-(-side // multiple) * multiple for side in shape[1:])
+    bf16 = device.type == "cuda" or cpu_has_bf16()
+    path = memory.path_name(cfg.fast, cfg.low_memory, bf16)
+    states = 2 if cfg.alg == "adam" else 0
+    need = memory.estimate(pixels, cfg.width, runs=runs, path=path, optimizer_states=states)
+    return memory.Need(need, pixels, cfg.width, runs, path, states)
 
 
 def noisy_psnr(data: Data) -> float | None:
@@ -342,6 +363,7 @@ def describe(job: Job, parameters: int) -> str:
         + ("" if cfg.stop == "none" else f", --stop {cfg.stop}")
         + (" (observed only)" if cfg.stop_observe else "")
         + (", --fast" if cfg.fast else "")
+        + (", --low_memory" if cfg.low_memory else "")
     )
 
 
@@ -362,14 +384,21 @@ def fit_jobs(jobs: list[Job], progress: bool) -> list[int]:
         job.started = time.time()  # a run's wall time is its batch's, not the batches' before
     stack = lambda arrays: torch.from_numpy(np.stack(arrays)).to(first.device)  # noqa: E731
     has_clean = first.data.clean is not None
-    results = fit_batch(
-        model.to(first.device), stack([j.data.y for j in jobs]), first.cfg,
-        seeds=[j.cfg.seed for j in jobs],
-        clean=stack([j.data.clean for j in jobs]) if has_clean else None,
-        observers=observers, states=None if first.state is None else [j.state for j in jobs],
-        checkpoint=lambda states: [j.checkpoint(s) for j, s in zip(jobs, states, strict=True)],
-        progress=progress,
-    )  # fmt: skip
+    try:
+        results = fit_batch(
+            model.to(first.device), stack([j.data.y for j in jobs]), first.cfg,
+            seeds=[j.cfg.seed for j in jobs],
+            clean=stack([j.data.clean for j in jobs]) if has_clean else None,
+            observers=observers, states=None if first.state is None else [j.state for j in jobs],
+            checkpoint=lambda states: [j.checkpoint(s) for j, s in zip(jobs, states, strict=True)],
+            progress=progress,
+        )  # fmt: skip
+    except RuntimeError as err:  # torch.OutOfMemoryError included
+        if not memory.is_out_of_memory(err):
+            raise
+        failure = memory.describe_failure(err)
+        del err, model  # the tensors the failed iteration held go with its traceback
+        return [out_of_memory(job, failure) for job in jobs]
     kernels = [None] * len(jobs)
     if isinstance(model.operator, KernelNet):  # the estimate at the end of the loop
         with torch.no_grad():
@@ -383,6 +412,25 @@ def fit_jobs(jobs: list[Job], progress: bool) -> list[int]:
             print(f"error: {err}", file=sys.stderr)
             codes.append(1)
     return codes
+
+
+def out_of_memory(job: Job, failure: str) -> int:
+    """Report a run that ran out of memory in one line, like a divergence (exit 3). A run that
+    has a checkpoint keeps it, to be resumed with settings that fit; a run that has none has
+    nothing to resume, and the inputs it wrote are removed."""
+    cfg, rundir = job.cfg, job.rundir
+    options = "--low_memory" if not cfg.low_memory else "another device"
+    if rundir.path("state").exists():
+        iteration = rundir.state()["iteration"]
+        kept = (f"its last checkpoint (iteration {iteration}) is kept: continue it with "
+                f"--resume and {options}")  # fmt: skip
+    else:
+        for path in rundir.existing():
+            path.unlink()
+        kept = (f"it had no checkpoint and nothing is kept; try {options}, a smaller --crop "
+                "or --width")  # fmt: skip
+    print(f"error: {cfg.ckpt}: out of memory ({failure}); {kept}", file=sys.stderr)
+    return 3
 
 
 def finish(job: Job, result: FitResult, parameters: int, batch_size: int,
@@ -505,12 +553,24 @@ def run_batch(argvs: list[list[str]], max_batch: int, progress: bool = False) ->
         if job is not None:
             groups.setdefault(job.batch_key(), []).append((i, job))
     for group in groups.values():
-        for first in range(0, len(group), max_batch):
-            part = group[first : first + max_batch]
+        size = fitting_batch(group[0][1], min(max_batch, len(group)))
+        for first in range(0, len(group), size):
+            part = group[first : first + size]
             print(f"batch of {len(part)}: {', '.join(j.cfg.ckpt for _, j in part)}", flush=True)
             for (i, _), code in zip(part, fit_jobs([j for _, j in part], progress), strict=True):
                 codes[i] = code
     return codes
+
+
+def fitting_batch(job: Job, most: int) -> int:
+    """The largest batch of runs like ``job`` (at most ``most``) whose estimated peak memory
+    fits the device; one run alone was checked by ``prepare``."""
+    have = memory.available(job.device)
+    fits = lambda k: memory_need(job.cfg, job.data.y.shape, job.device, k).bytes <= have  # noqa: E731
+    size = memory.largest(fits, 1, most) or 1
+    if size < most:
+        print(f"batches of {size}, not {most}: a larger batch would not fit in memory", flush=True)
+    return size
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -107,16 +107,19 @@ class Speed:
     foreach: bool | None = None  # one multi-tensor kernel per optimizer step (None: torch's pick)
     fused: bool | None = None  # one fused kernel per optimizer step
     tf32: bool = False  # let cuDNN and cuBLAS use TF32 for fp32 convolutions and matmuls
+    checkpoint: bool = False  # recompute the prior's activations in the backward (--low_memory)
 
     @classmethod
-    def of(cls, fast: bool, device: torch.device | str) -> Speed:
+    def of(cls, fast: bool, device: torch.device | str, low_memory: bool = False) -> Speed:
         """What ``--fast`` turns on for a device (docs/RESULTS.md, "Speed"); off: faithful.
-        g, h, the loss, the metrics and the optimizer stay fp32 either way."""
+        g, h, the loss, the metrics and the optimizer stay fp32 either way. ``--low_memory``
+        adds activation checkpointing (without torch.compile, which is not measured with it)."""
         if not fast:
-            return cls()
+            return cls(checkpoint=low_memory)
         if torch.device(device).type == "cuda":
-            return cls(channels_last=True, bf16=True, compile=True, fused=True, tf32=True)
-        return cls(bf16=cpu_has_bf16(), foreach=True)
+            return cls(channels_last=True, bf16=True, compile=not low_memory, fused=True,
+                       tf32=True, checkpoint=low_memory)  # fmt: skip
+        return cls(bf16=cpu_has_bf16(), foreach=True, checkpoint=low_memory)
 
     def optimizer_kernels(self) -> dict[str, bool]:
         chosen = {"foreach": self.foreach, "fused": self.fused}
@@ -296,9 +299,10 @@ def start_loop(
     if y.shape[0] != runs or len(seeds) != runs or (clean is not None and clean.shape[0] != runs):
         raise ValueError(f"{runs} runs need y (and clean) with {runs} rows and {runs} seeds")
     cfg = cfg.with_defaults(type(model.prior).defaults)
-    speed = speed or Speed.of(cfg.fast, device)
+    speed = speed or Speed.of(cfg.fast, device, cfg.low_memory)
     if speed.channels_last:  # the prior's activations; η is drawn in the standard layout
         model.prior.to(memory_format=torch.channels_last)
+    model.prior.checkpoint_activations(speed.checkpoint)
     std = cfg.reg_noise_std
     stop = None if cfg.stop_observe else next(
         (o for o in observers if isinstance(o, StoppingRule) and o.name == cfg.stop), None

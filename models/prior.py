@@ -13,7 +13,12 @@ A prior is an ``nn.Module`` that defines
   its own seed (``utils.seeding``), with every per-run tensor carrying the runs along dimension 0,
   so that K single-run states stack into the batch's state (``utils.state``);
 * ``multiple`` and ``smallest_side``: the image sides it accepts (the command line crops to a
-  multiple of ``multiple`` unless ``--pad``).
+  multiple of ``multiple`` unless ``--pad``);
+* for ``--low_memory``, a prior with deep activations has modules with a ``checkpointed``
+  attribute that their forward consults (recompute the activations in the backward instead of
+  keeping them, with ``torch.utils.checkpoint``; the result must be the same);
+  ``checkpoint_activations`` sets it on all of them. A prior without such modules keeps every
+  activation (it has few).
 
 A new prior is a new file in models/ with such a class and an entry in ``models.PRIORS``.
 """
@@ -36,6 +41,13 @@ class Prior(nn.Module):
 
     def forward(self, eta: Tensor | None) -> Tensor:
         raise NotImplementedError
+
+    def checkpoint_activations(self, on: bool) -> None:
+        """Recompute the activations of every module that can (``checkpointed``) in the backward
+        instead of keeping them from the forward (--low_memory), or keep them again."""
+        for module in self.modules():
+            if hasattr(module, "checkpointed"):
+                module.checkpointed = on
 
     def trainable(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]

@@ -25,10 +25,12 @@ and is centre-cropped to it before the concat, as in the original code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from models.prior import Prior
 from utils.seeding import derive_seed
@@ -88,13 +90,84 @@ class _Scale(nn.Module):
             *_conv_bn_act(width, width, 1, 1, groups),
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    checkpointed = False  # recompute this scale's activations in the backward (--low_memory)
+
+    def forward(self, x: Tensor, tail: nn.Module | None = None) -> Tensor:
+        """This scale's output, followed by ``tail`` (the net's head, at the outermost scale)."""
+        if self.checkpointed:
+            return self._forward_checkpointed(x, tail)
+        if tail is not None:
+            return tail(self(x))
         deep = self.deeper(x)
-        if self.skip is not None:
-            s = self.skip(x)
-            h, w = min(s.shape[-2], deep.shape[-2]), min(s.shape[-1], deep.shape[-1])
-            deep = _cat_groups(_centre_crop(s, h, w), _centre_crop(deep, h, w), self.groups)
-        return self.merge(deep)
+        return self.merge(self._join(self.skip(x) if self.skip is not None else None, deep))
+
+    def _join(self, s: Tensor | None, deep: Tensor) -> Tensor:
+        """The skip branch and the upsampled deeper branch, cropped to one size, concatenated."""
+        if s is None:
+            return deep
+        h, w = min(s.shape[-2], deep.shape[-2]), min(s.shape[-1], deep.shape[-1])
+        return _cat_groups(_centre_crop(s, h, w), _centre_crop(deep, h, w), self.groups)
+
+    def _forward_checkpointed(self, x: Tensor, tail: nn.Module | None) -> Tensor:
+        """The same layers in the same order, as segments whose inner activations are not kept
+        but recomputed in the backward (``torch.utils.checkpoint``). Each segment ends after a
+        convolution or a BatchNorm-activation pair, so what stays in memory between the forward
+        and the backward is one tensor per segment, and the backward recomputes one segment at a
+        time: the convolutions' padded copies and the BatchNorm and activation outputs are never
+        all alive at once. The inner scale is called between segments, so its own segments are
+        checkpointed once, not nested inside this scale's (each activation is computed twice,
+        never more). The head (``tail``) joins the last segment, so the outermost scale's
+        full-size output is not kept either."""
+        down, inner, up = self.deeper[:6], self.deeper[6:-1], self.deeper[-1]
+        d = _segment(down[0:1], x)  # stride-2 conv: its padded copy of x is not kept
+        d = _segment(down[1:4], d)  # BN, act, conv
+        d = _segment(down[4:6], d)  # BN, act
+        if len(inner):
+            d = inner(d)
+        s = _segment(self.skip, x) if self.skip is not None else None
+        first = self.merge[0:2]  # up, cat, BN, conv
+        m = _segment(lambda d, s: first(self._join(s, up(d))), d, s, owner=first)
+        m = _segment(self.merge[2:5], m)  # BN, act, conv
+        last = self.merge[5:7] if tail is None else nn.Sequential(*self.merge[5:7], tail)
+        return _segment(last, m)  # BN, act (, head)
+
+
+def _segment(
+    function: Callable[..., Tensor], *inputs: Tensor | None, owner: nn.Module | None = None
+) -> Tensor:
+    """``function(*inputs)``, its activations recomputed in the backward. The recomputation runs
+    the same kernels on the same inputs, so it is bit-identical; BatchNorm (always in training
+    mode: it normalises by the batch's statistics) would update its running statistics a second
+    time, which the loop never reads but checkpoints store, so the recomputation leaves them as
+    they are. The net draws no random numbers: no RNG state is stashed. ``owner``: the module
+    whose layers ``function`` runs (``function`` itself when it is a module)."""
+    owner = owner if owner is not None else function
+    norms = [m for m in owner.modules() if isinstance(m, nn.BatchNorm2d)]
+    return checkpoint(
+        function,
+        *inputs,
+        use_reentrant=False,
+        preserve_rng_state=False,
+        context_fn=lambda: (contextlib.nullcontext(), _frozen_statistics(norms)),
+    )
+
+
+@contextlib.contextmanager
+def _frozen_statistics(norms: list[nn.BatchNorm2d]) -> Iterator[None]:
+    """Let the recomputation update throwaway copies of the BatchNorms' running statistics, so
+    the real ones are updated once per iteration, as without checkpointing. (Turning the update
+    off instead would change which tensors the backward saves, which checkpointing refuses.)"""
+    names = ("running_mean", "running_var", "num_batches_tracked")
+    saved = [{name: getattr(norm, name) for name in names} for norm in norms]
+    for norm, buffers in zip(norms, saved, strict=True):
+        for name, buffer in buffers.items():
+            setattr(norm, name, None if buffer is None else buffer.clone())
+    try:
+        yield
+    finally:
+        for norm, buffers in zip(norms, saved, strict=True):
+            for name, buffer in buffers.items():
+                setattr(norm, name, buffer)
 
 
 def _cat_groups(a: Tensor, b: Tensor, groups: int) -> Tensor:
@@ -135,7 +208,7 @@ class SkipNet(nn.Module):
         self.head = nn.Sequential(_conv(width, out_channels, 1, 1, groups), nn.Sigmoid())
 
     def forward(self, z: Tensor) -> Tensor:
-        return self.head(self.body(z))
+        return self.body(z, tail=self.head)
 
 
 class SkipPrior(Prior):

@@ -174,6 +174,14 @@ class RunConfig:
         RUN,
         defines_run=False,
     )
+    low_memory: bool = setting(
+        False,
+        "the low-memory path: recompute the prior's activations in the backward instead of "
+        "keeping them (activation checkpointing; the same result, less memory, more time); "
+        "combines with --fast",
+        RUN,
+        defines_run=False,
+    )
     show_every: int = setting(500, "iterations between logged rows (the only host syncs)", RUN)
     save_every: int = setting(
         5000, "iterations between resumable checkpoints (a multiple of --show_every)", RUN,

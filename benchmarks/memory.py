@@ -1,0 +1,144 @@
+"""Peak memory and iterations/s of the faithful, fast and low-memory paths, side by side.
+
+    python benchmarks/memory.py                                  # 256x256, width 128, 4 iterations
+    python benchmarks/memory.py --size 1024 --paths faithful low_memory --iters 3
+
+Peak resident memory is a maximum over a process's life (``ru_maxrss``), so each path runs in a
+fresh subprocess of this script (``--worker``), the paths alternating over ``--repeats`` rounds;
+on a GPU the peak is ``torch.cuda.max_memory_allocated``. Each worker runs the same loop
+(recovery.fit_batch) on the same noisy crop from the same seed, and reports its peak, its rate
+between the first and the last logged row (the first iteration, with oneDNN's or cuDNN's set-up,
+is warm-up) and its losses; the table shows the estimate of ``utils.memory`` beside each
+measurement, and whether the histories are identical to the faithful path's (they must be for
+``low_memory``: recomputation in fp32 is bit-identical). The last line is
+``memory <faithful peak / low_memory peak> time <low_memory s/it / faithful s/it>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from denoising import pick_device  # noqa: E402
+from recovery import Speed, build_model, cpu_has_bf16, fit_batch  # noqa: E402
+from utils import memory  # noqa: E402
+from utils.config import RunConfig  # noqa: E402
+from utils.images import centre_crop, resolve_image  # noqa: E402
+from utils.noise import salt_and_pepper  # noqa: E402
+from utils.seeding import derive_seed  # noqa: E402
+
+SHARED_IMAGES = ROOT.parent / "shared" / "data" / "denoising"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--gpu", default=None, help="cpu or a GPU index (default: GPU 0 if any)")
+    p.add_argument("--image", default="astronaut", help="paper image, path or scikit-image name")
+    p.add_argument("--data_dir", type=Path, default=SHARED_IMAGES)
+    p.add_argument("--size", type=int, default=256, help="side of the square (resized) image")
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--iters", type=int, default=4, help="iterations per path (>= 3)")
+    p.add_argument("--repeats", type=int, default=1, help="alternating rounds of the paths")
+    p.add_argument("--paths", nargs="+", default=list(memory.PATHS), choices=memory.PATHS)
+    p.add_argument("--worker", choices=memory.PATHS, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def speed_of(path: str, device: torch.device) -> Speed:
+    """The loop's options for a memory path (``--fast``, ``--low_memory``, both, neither)."""
+    return Speed.of("fast" in path, device, "low_memory" in path)
+
+
+def image(args: argparse.Namespace) -> np.ndarray:
+    """The test image resized (not cropped) to size x size, so every size shows the whole
+    photo, as a user's megapixel photo would be."""
+    from skimage.transform import resize
+
+    pixels = resolve_image(args.image, args.data_dir).pixels
+    side = min(pixels.shape[1:])
+    square = centre_crop(pixels, side, side)
+    return resize(square, (3, args.size, args.size), anti_aliasing=True).astype(np.float32)
+
+
+def worker(args: argparse.Namespace) -> dict:
+    """One path in this (fresh) process: its peak memory, rate and losses."""
+    device, _ = pick_device(args.gpu)
+    clean = image(args)
+    noisy = salt_and_pepper(clean, 0.5, derive_seed(0, "noise")).noisy
+    cfg = RunConfig(width=args.width, num_iter=args.iters, show_every=1, save_every=args.iters)
+    model = build_model(cfg, clean.shape, [0]).to(device)
+    y = torch.from_numpy(noisy)[None].to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    [result] = fit_batch(model, y, cfg, seeds=[0], speed=speed_of(args.worker, device),
+                         progress=False)  # fmt: skip
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+    seconds = result.log_seconds
+    per_iteration = (seconds[-1] - seconds[0]) / (len(seconds) - 1)
+    return {"peak": peak, "s_per_it": per_iteration,
+            "losses": [row["loss"] for row in result.history]}  # fmt: skip
+
+
+def run_worker(args: argparse.Namespace, path: str, argv: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, *argv, "--worker", path],
+                         capture_output=True, text=True, check=False)  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"the {path} worker failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return 0
+    device, name = pick_device(args.gpu)
+    bf16 = device.type == "cuda" or cpu_has_bf16()
+    print(f"device: {name}, torch {torch.__version__}; {args.image} resized to {args.size}x"
+          f"{args.size}, width {args.width}, {args.iters} iterations, {args.repeats} round(s); "
+          f"peak: {'CUDA max allocated' if device.type == 'cuda' else 'resident (ru_maxrss)'}, "
+          f"{time.strftime('%Y-%m-%d')}", flush=True)  # fmt: skip
+    paths = list(dict.fromkeys(["faithful", *args.paths]))
+    measured: dict[str, list[dict]] = {path: [] for path in paths}
+    for _ in range(args.repeats):
+        for path in paths:
+            measured[path].append(run_worker(args, path, argv))
+    reference = measured["faithful"][0]["losses"]
+    print(f"{'path':<18} {'peak GB':>8} {'estimate':>9} {'it/s':>8}  history")
+    for path in paths:
+        peak = max(m["peak"] for m in measured[path])
+        rate = 1 / statistics.median(m["s_per_it"] for m in measured[path])
+        kind = memory.path_name("fast" in path, "low" in path, bf16)
+        estimate = memory.estimate(args.size**2, args.width, path=kind)
+        same = measured[path][0]["losses"] == reference
+        print(f"{path:<18} {peak / memory.GB:>8.2f} {estimate / memory.GB:>9.2f} {rate:>8.3f}  "
+              + ("identical to faithful" if same else "differs (rounding)"))  # fmt: skip
+    if "low_memory" in paths:
+        peaks = {p: max(m["peak"] for m in measured[p]) for p in ("faithful", "low_memory")}
+        times = {p: statistics.median(m["s_per_it"] for m in measured[p])
+                 for p in ("faithful", "low_memory")}  # fmt: skip
+        print(
+            f"memory {peaks['faithful'] / peaks['low_memory']:.2f} "
+            f"time {times['low_memory'] / times['faithful']:.2f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""Memory: what a run will need before it starts, what the device has, and running out of it.
+
+The peak memory of a run of the skip prior is, to a good approximation (docs/RESULTS.md,
+"Memory"), a constant (the interpreter, torch and its libraries, the model and its optimizer)
+plus a term proportional to the pixels of the net's canvas, the runs K and the width:
+
+    peak ≈ BASE + 4·parameters·(2 + optimizer states) + pixels · K · (A[path] · width + B[path])
+
+A and B are bytes per pixel per channel of width and per pixel, measured on each path (faithful,
+fast, low-memory, both) with ``benchmarks/memory.py`` and ``denoising.py`` runs from 128×128 to
+1024×1024 (below). The same numbers are used for a GPU, where
+the activations are the same tensors; they are marked as estimated there until a GPU run
+measures them (the CUDA caching allocator and cuDNN's workspaces differ from the CPU's).
+
+``available`` is the device's free memory: on the CPU the kernel's MemAvailable (and a cgroup's
+limit, when one is lower), on a GPU the free memory CUDA reports. The environment variable
+``DOP_MEMORY_AVAILABLE`` (bytes, or with a K/M/G suffix) replaces it: to keep a margin for other
+jobs on a shared machine, and in the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+GB = 1024**3
+ENVIRONMENT = "DOP_MEMORY_AVAILABLE"
+
+# Calibrated on the 2-core CPU machine, torch 2.13.0+cpu, 2026-11-25 (docs/RESULTS.md, "Memory"):
+# the constant of each path, and its bytes per canvas pixel per channel of width (A) and per
+# pixel (B). A and B come from 512x512 and 1024x1024 at width 128 (A·128 + B: 10.6 KB per
+# pixel faithful, 5.4 KB low-memory), the constants from 128x128 and 256x256 at widths 32-128,
+# where the allocator's reserve is a larger share (it favours the low-memory path less there).
+MB = 1024**2
+BASE = {"faithful": 400 * MB, "fast": 400 * MB, "low_memory": 550 * MB,
+        "fast+low_memory": 550 * MB}  # fmt: skip
+A = {"faithful": 80.0, "fast": 68.0, "low_memory": 40.0, "fast+low_memory": 38.0}
+B = {"faithful": 350.0, "fast": 350.0, "low_memory": 300.0, "fast+low_memory": 300.0}
+PATHS = tuple(A)
+
+
+def path_name(fast: bool, low_memory: bool, bf16: bool) -> str:
+    """The memory path of a run: the fast path changes the memory only through bf16."""
+    fast = fast and bf16
+    if low_memory:
+        return "fast+low_memory" if fast else "low_memory"
+    return "fast" if fast else "faithful"
+
+
+@dataclass(frozen=True)
+class Need:
+    """What a run needs: the estimate and what it is for."""
+
+    bytes: int
+    pixels: int  # of the net's canvas, per run
+    width: int
+    runs: int
+    path: str
+    optimizer_states: int = 0
+
+    def __str__(self) -> str:
+        return f"{gigabytes(self.bytes)} ({self.path.replace('_', '-')} path)"
+
+
+def estimate(pixels: int, width: int, *, runs: int = 1, path: str = "faithful",
+             parameters: int | None = None, optimizer_states: int = 0) -> int:  # fmt: skip
+    """The estimated peak memory of a run, in bytes (see the module's docstring).
+    ``parameters``: the trained parameters of one run (default: the skip net's at ``width``);
+    ``optimizer_states``: tensors the optimizer keeps per parameter (SGD 0, Adam 2)."""
+    if parameters is None:
+        parameters = skip_parameters(width)
+    weights = 4 * parameters * runs * (2 + optimizer_states)  # the weights, their gradients
+    return int(BASE[path] + weights + pixels * runs * (A[path] * width + B[path]))
+
+
+def skip_parameters(width: int, channels: int = 3, scales: int = 5, skip: int = 4) -> int:
+    """Trained parameters of the skip net (models/skip.py): 2.22M at width 128."""
+
+    def per_scale(c_in: int) -> int:  # each conv's weights and bias, each BatchNorm's two
+        return (
+            (c_in * skip + 3 * skip) + (9 * c_in * width + 3 * width)
+            + (9 * width * width + 3 * width) + 2 * (skip + width)
+            + (9 * (skip + width) * width + 3 * width) + (width * width + 3 * width)
+        )  # fmt: skip
+
+    return per_scale(32) + (scales - 1) * per_scale(width) + width * channels + channels
+
+
+def gigabytes(n: float) -> str:
+    return f"{n / GB:.1f} GB"
+
+
+def available(device: torch.device) -> int:
+    """Free memory of ``device`` in bytes (``DOP_MEMORY_AVAILABLE`` replaces it)."""
+    override = os.environ.get(ENVIRONMENT)
+    if override:
+        return parse_size(override)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    return cpu_available()
+
+
+def parse_size(text: str) -> int:
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
+    if match is None:
+        raise ValueError(f"{ENVIRONMENT}={text!r}: give bytes, or a number with K, M, G or T")
+    return int(float(match[1]) * 1024 ** " KMGT".index(match[2].upper() or " "))
+
+
+def cpu_available() -> int:
+    """MemAvailable (Linux: what can be allocated without swapping), or less where a cgroup
+    limits this process; elsewhere the free physical pages."""
+    try:
+        info = Path("/proc/meminfo").read_text()
+        free = int(re.search(r"MemAvailable:\s+(\d+) kB", info)[1]) * 1024
+    except (OSError, TypeError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        if limit != "max":
+            free = min(free, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def largest(fits, low: int, high: int) -> int | None:
+    """The largest integer n in [low, high] with fits(n) (fits is monotone), or None."""
+    if not fits(low):
+        return None
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return low
+
+
+def advice(need: Need, have: int, side: int, multiple: int) -> str:
+    """What would fit in ``have`` bytes: --low_memory, a smaller --crop, a smaller --width."""
+    options = []
+    if "low_memory" not in need.path:
+        low = "fast+low_memory" if need.path == "fast" else "low_memory"
+        low_need = estimate(need.pixels, need.width, runs=need.runs, path=low,
+                            optimizer_states=need.optimizer_states)  # fmt: skip
+        if low_need <= have:
+            options.append(f"--low_memory (about {gigabytes(low_need)})")
+    more = {"runs": need.runs, "path": need.path, "optimizer_states": need.optimizer_states}
+    crop = largest(lambda n: estimate((n * multiple) ** 2, need.width, **more) <= have,
+                   1, side // multiple)  # fmt: skip
+    if crop is not None:
+        options.append(f"--crop {crop * multiple}")
+    width = largest(lambda w: estimate(need.pixels, w, **more) <= have, 1, need.width)
+    if width is not None:
+        options.append(f"--width {width}")
+    return ", ".join(options) if options else "nothing at this size: use a device with more memory"
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """A failed allocation: CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    if isinstance(err, torch.OutOfMemoryError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and (
+        "can't allocate memory" in text or "out of memory" in text.lower()
+    )
+
+
+def describe_failure(err: BaseException) -> str:
+    """One line from an allocation error: how much it tried to allocate, when it says."""
+    text = str(err)
+    match = re.search(r"tried to allocate (\d+) bytes", text)
+    if match:
+        return f"an allocation of {gigabytes(int(match[1]))} failed"
+    match = re.search(r"Tried to allocate ([0-9.]+ [KMG]iB)", text)
+    if match:
+        return f"an allocation of {match[1]} on the GPU failed"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return first[:160]
+
+
+def fits_message(need: Need, have: int) -> str:
+    return f"estimated peak {need} of {gigabytes(have)} available"
