@@ -44,7 +44,7 @@ SELFDEBLUR_SKIP = {"input_depth": 8, "skip": 16}
 # Settings that may differ between the runs of one batch (the others must be equal; the image
 # shape x, the prior's, is part of the batch key, so kernels of one batch have one size).
 PER_RUN = ("image", "noise", "nlevel", "mixture_sigma", "observed", "clean", "crop", "seed", "ckpt",
-           "out_dir", "data_dir", "resume", "overwrite", "quiet", "keep", "mask",
+           "out_dir", "data_dir", "resume", "overwrite", "quiet", "keep", "pixel_mask",
            "kernel")  # fmt: skip
 
 
@@ -140,18 +140,21 @@ def load_kernel(path: str, data_dir: Path) -> tuple[np.ndarray, dict]:
 
 def load_mask(cfg: RunConfig, shape: tuple[int, ...], prior: type[Prior]
               ) -> tuple[np.ndarray, dict]:  # fmt: skip
-    """The inpainting mask (1, H, W) of 0/1: --mask (cropped as the image) or a Bernoulli mask
-    keeping each pixel with probability --keep (the run's "mask" stream)."""
-    if cfg.mask is None:
-        mask = bernoulli_mask(shape, cfg.keep, derive_seed(cfg.seed, "mask")).numpy()
+    """The inpainting mask (1, H, W) of 0/1: --pixel_mask (cropped as the image) or a Bernoulli mask
+    keeping each pixel with probability --keep (the run's "pixel_mask" stream)."""
+    if cfg.pixel_mask is None:
+        mask = bernoulli_mask(shape, cfg.keep, derive_seed(cfg.seed, "pixel_mask")).numpy()
         return mask, {}
-    loaded = resolve_image(cfg.mask, Path(cfg.data_dir))
-    mask = fit_to_prior(loaded.pixels.mean(0, keepdims=True), cfg, prior, cfg.mask)
+    loaded = resolve_image(cfg.pixel_mask, Path(cfg.data_dir))
+    mask = fit_to_prior(loaded.pixels.mean(0, keepdims=True), cfg, prior, cfg.pixel_mask)
     if mask.shape[1:] != tuple(shape[1:]):
-        raise InputError(f"--mask {cfg.mask} is {mask.shape[1]}x{mask.shape[2]} after the "
-                         f"crops, the image {shape[1]}x{shape[2]}; give a mask of the image's "
-                         "size")  # fmt: skip
-    return (mask > 0.5).astype(np.float32), {"mask": loaded.source, "mask_sha256": loaded.sha256}
+        raise InputError(f"--pixel_mask {cfg.pixel_mask} is {mask.shape[1]}x{mask.shape[2]} "
+                         f"after the crops, the image {shape[1]}x{shape[2]}; give a mask of "
+                         "the image's size")  # fmt: skip
+    return (mask > 0.5).astype(np.float32), {
+        "pixel_mask": loaded.source,
+        "pixel_mask_sha256": loaded.sha256,
+    }
 
 
 def observe(cfg: RunConfig, x: np.ndarray, kernel: np.ndarray | None) -> np.ndarray:
@@ -195,7 +198,7 @@ def check_x_size(cfg: RunConfig, x_shape: tuple[int, ...], prior: type[Prior]) -
 
 def load_observed(cfg: RunConfig, prior: type[Prior]) -> Data:
     """An --observed image as it is, with an optional --clean reference (of x's reported size:
-    y's, or y's ×factor for sr) and the operator's inputs (--mask, --kernel)."""
+    y's, or y's ×factor for sr) and the operator's inputs (--pixel_mask, --kernel)."""
     observed = resolve_image(cfg.observed, Path(cfg.data_dir))
     reference = None if cfg.clean is None else resolve_image(cfg.clean, Path(cfg.data_dir))
     kernel, identity = None, {}
@@ -313,7 +316,7 @@ def prepare(cfg: RunConfig) -> Job | None:
         return None
     rundir.save_image("noisy", data.y)
     if data.mask is not None:
-        rundir.save_image("mask", data.mask)
+        rundir.save_image("pixel_mask", data.mask)
     if data.kernel is not None:  # shown scaled to its largest entry
         rundir.save_image("kernel", data.kernel[None] / data.kernel.max())
     if data.clean is not None:

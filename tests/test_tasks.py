@@ -44,7 +44,7 @@ def test_tasks_write_their_outputs(tmp_path: Path, task: str) -> None:
     report = run.config()["report"]
     assert report["status"] == "finished" and np.isfinite(report["final_psnr"])
     if task == "inpaint":
-        mask = run.image("mask")
+        mask = run.image("pixel_mask")
         assert set(np.unique(mask)) == {0.0, 1.0} and 0.4 < mask.mean() < 0.6  # --keep 0.5
         assert (noisy[mask == 0] == 0).all()  # unobserved pixels are 0, outliers or not
     if task in ("deblur", "blind-deblur"):
@@ -68,9 +68,9 @@ def test_batched_inpainting_runs_have_their_own_masks(tmp_path: Path) -> None:
     assert denoising.run_batch([argv("batched", "0"), argv("batched", "1")], 4) == [0, 0]
     assert denoising.main(argv("alone", "1")) == 0
     batched, alone = outputs(tmp_path / "batched", "s1"), outputs(tmp_path / "alone", "s1")
-    assert batched.path("mask").read_bytes() == alone.path("mask").read_bytes()
+    assert batched.path("pixel_mask").read_bytes() == alone.path("pixel_mask").read_bytes()
     other = outputs(tmp_path / "batched", "s0")
-    assert batched.path("mask").read_bytes() != other.path("mask").read_bytes()
+    assert batched.path("pixel_mask").read_bytes() != other.path("pixel_mask").read_bytes()
     assert batched.config()["report"]["batch_size"] == 2
     assert batched.history()["psnr"][0] == pytest.approx(alone.history()["psnr"][0], abs=1e-4)
 
@@ -96,9 +96,9 @@ def test_blind_deblurring_resumes_exactly(tmp_path: Path) -> None:
         (lambda t: ["--task", "deblur", "--kernel", kernel_png(t, size=60)], "too large"),
         (lambda t: ["--task", "sr", "--factor", "5"], "--factor 5 does not divide"),
         (lambda t: ["--task", "blind-deblur", "--kernel_size", "9"], "--kernel PATH"),
-        (lambda t: ["--mask", kernel_png(t)], "--mask goes with --task inpaint"),
+        (lambda t: ["--pixel_mask", kernel_png(t)], "--pixel_mask goes with --task inpaint"),
         (lambda t: ["--task", "inpaint", "--keep", "0"], "--keep"),
-        (lambda t: ["--task", "inpaint", "--mask", kernel_png(t)], "kernel.png"),  # too small
+        (lambda t: ["--task", "inpaint", "--pixel_mask", kernel_png(t)], "kernel.png"),  # too small
         (lambda t: ["--lr_milestones", "a,b"], "--lr_milestones"),
     ],
 )

@@ -93,7 +93,7 @@ class RunConfig:
         "SelfDeblur); --nlevel adds the --noise on top (default 0 for every task but denoise)",
         TASK, choices=TASKS)  # fmt: skip
     keep: float = setting(0.5, "inpaint: the fraction of pixels kept by a Bernoulli mask", TASK)
-    mask: str | None = setting(
+    pixel_mask: str | None = setting(
         None, "inpaint: a mask image instead of --keep (white = observed; gray thresholded at 0.5, "
         "the channels' mean), the image's size after the crops", TASK, type=str)  # fmt: skip
     factor: int = setting(4, "sr: the downsampling factor s (it must divide the image's sides)",
@@ -227,7 +227,7 @@ class RunConfig:
         if self.stop == "none":
             unused |= {"stop_window", "stop_patience", "stop_decay"}
         unused |= {"task"} if self.task == "denoise" else set()  # every run before tasks
-        unused |= {"keep", "mask"} if self.task != "inpaint" else set()
+        unused |= {"keep", "pixel_mask"} if self.task != "inpaint" else set()
         unused |= {"factor"} if self.task != "sr" else set()
         unused |= {"kernel"} if self.task not in DEBLUR else set()
         unused |= {"kernel_size", "lr_kernel"} if self.task != "blind-deblur" else set()
@@ -249,9 +249,10 @@ class RunConfig:
             (self.width < 1, "--width must be at least 1"),
             (not 0 < self.keep <= 1, "--keep must be a fraction in (0, 1]"),
             (self.factor < 1, "--factor must be a positive integer"),
-            (self.mask is not None and self.task != "inpaint", "--mask goes with --task inpaint"),
-            (self.observed is not None and self.task == "inpaint" and self.mask is None,
-             "--task inpaint with --observed needs the --mask of the observed pixels"),
+            (self.pixel_mask is not None and self.task != "inpaint",
+             "--pixel_mask goes with --task inpaint"),
+            (self.observed is not None and self.task == "inpaint" and self.pixel_mask is None,
+             "--task inpaint with --observed needs the --pixel_mask of the observed pixels"),
             (self.kernel is not None and self.task not in DEBLUR,
              "--kernel goes with --task deblur or blind-deblur"),
             (self.task == "deblur" and self.kernel is None, "--task deblur needs --kernel PATH"),

@@ -67,8 +67,8 @@ class Mask(Operator):
 
 def bernoulli_mask(shape: Sequence[int], keep: float, seed: int) -> Tensor:
     """A (1, H, W) pixel mask keeping each pixel with probability ``keep``, drawn from the run's
-    "mask" stream (``utils.seeding``)."""
-    generator = torch.Generator().manual_seed(derive_seed(seed, "mask"))
+    "pixel_mask" stream (``utils.seeding``)."""
+    generator = torch.Generator().manual_seed(derive_seed(seed, "pixel_mask"))
     return (torch.rand(1, *shape[-2:], generator=generator) < keep).float()
 
 

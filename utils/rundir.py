@@ -33,7 +33,7 @@ FILES = {
     "history": "history.csv",  # the logged rows
     "config": "config.json",  # settings, data and report
     "noise": "noise.npz",  # the synthetic corruption: noisy, salt, pepper
-    "mask": "mask.png",  # inpainting: the observed pixels (white)
+    "pixel_mask": "pixel_mask.png",  # inpainting: the observed pixels (white)
     "kernel": "kernel.png",  # deblurring: the known (or true) kernel, scaled to its maximum
     "estimated_kernel": "estimated_kernel.png",  # blind deblurring: the estimate, likewise
     "kernels": "kernels.npz",  # blind deblurring: the estimated (and true) kernels' values

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-STREAMS = ("weights", "input", "sparse", "noise", "eta", "mask", "kernel")
+STREAMS = ("weights", "input", "sparse", "noise", "eta", "pixel_mask", "kernel")
 
 
 def derive_seed(seed: int, stream: str) -> int:
