@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 from models import PRIORS, Prior
+from models.lip import check_fits, file_sha256, load_ticket
+from models.skip import INPUT_DEPTH, SCALES
 from recovery import FitResult, build_model, build_observers, fit_batch
 from utils import InputError
 from utils.config import RunConfig, parse
@@ -110,7 +112,19 @@ def fit_to_prior(image: np.ndarray, cfg: RunConfig, prior: type[Prior], what: st
 
 def load_data(cfg: RunConfig) -> Data:
     """The observation: a clean image corrupted with seeded noise (--noise), or an --observed
-    image as it is (with an optional --clean reference)."""
+    image as it is (with an optional --clean reference); with --mask, the mask file's sha256
+    joins the data's identity (a resumed run must use the same) once it is found to fit."""
+    data = load_images(cfg)
+    if cfg.mask is not None:
+        ticket = load_ticket(cfg.mask)
+        check_fits(ticket, dict(in_channels=INPUT_DEPTH, out_channels=data.y.shape[0],
+                                width=cfg.width, scales=SCALES, skip=4))  # fmt: skip
+        data.identity |= {"mask": cfg.mask, "mask_sha256": file_sha256(cfg.mask)}
+    return data
+
+
+def load_images(cfg: RunConfig) -> Data:
+    """The observation and the clean image (see ``load_data``)."""
     prior = PRIORS[cfg.prior]
     if cfg.observed is not None:
         observed = resolve_image(cfg.observed, Path(cfg.data_dir))
@@ -196,7 +210,7 @@ def fit_jobs(jobs: list[Job], progress: bool) -> list[int]:
     model = build_model(first.cfg, first.data.y.shape, [j.cfg.seed for j in jobs])
     y = first.data.y
     observers = build_observers(first.cfg, (len(jobs), *y.shape), torch.from_numpy(y).dtype)
-    parameters = sum(p.numel() for p in model.prior.trainable()) // len(jobs)
+    parameters = model.prior.count_trained()
     for job in jobs:
         print(describe(job, parameters), flush=True)
         job.started = time.time()  # a run's wall time is its batch's, not the batches' before

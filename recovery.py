@@ -72,9 +72,11 @@ def build_model(
 ) -> Model:
     """The model of ``cfg`` for K = len(seeds) runs on images of ``image_shape`` (C, H, W), each
     run drawn from the streams of its own seed, on the CPU (so the draws do not depend on the
-    device). ``prior_options`` go to the prior (e.g. ``scales`` of the skip net)."""
-    prior = PRIORS[cfg.prior](image_shape, width=cfg.width, seeds=seeds, pad=cfg.pad,
-                              **prior_options)  # fmt: skip
+    device). ``prior_options`` go to the prior (e.g. ``scales`` of the skip net), beside those
+    it takes from ``cfg`` (``Prior.options``: the lottery prior's ``--mask``)."""
+    kind = PRIORS[cfg.prior]
+    prior = kind(image_shape, width=cfg.width, seeds=seeds, pad=cfg.pad,
+                 **(kind.options(cfg) | prior_options))  # fmt: skip
     sparse = SparseTerm(image_shape, seeds) if cfg.method == "dop" else None
     return Model(prior, Identity(), sparse)
 

@@ -81,6 +81,10 @@ class RunConfig:
         MODEL, choices=METHODS)  # fmt: skip
     prior: str = setting("skip", "the generator of x (see models/)", MODEL, choices=tuple(PRIORS))
     width: int = setting(128, "channels at every scale of the skip net", MODEL)
+    mask: str | None = setting(
+        None, "with --prior lip: a mask file written by lip.py (the lottery image prior's sparse "
+        "subnetwork and the weights it starts from); the --width it was found with", MODEL,
+        type=str)  # fmt: skip
     loss: str = setting("l2", "data-fit loss: l2 (mean squared) or l1 (mean absolute)", MODEL,
                         choices=tuple(LOSSES))  # fmt: skip
     # --- optimisation
@@ -181,6 +185,8 @@ class RunConfig:
             (self.clean is not None and self.observed is None,
              "--clean goes with --observed (a synthetic run has its own clean image)"),
             (self.width < 1, "--width must be at least 1"),
+            ((self.prior == "lip") != (self.mask is not None),
+             "--mask PATH and --prior lip go together (lip.py writes mask files)"),
             (self.num_iter < 1, "--num_iter must be at least 1"),
             (self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)),
              "--lr must be a positive number"),
