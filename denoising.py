@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from models import PRIORS, Prior
+from models.lip import check_fits, file_sha256, load_ticket
+from models.skip import INPUT_DEPTH, SCALES
 from recovery import FitResult, build_model, build_observers, cpu_has_bf16, fit_batch
 from utils import InputError, memory
 from utils.config import DEBLUR, RunConfig, parse
@@ -234,7 +236,20 @@ def load_observed(cfg: RunConfig, prior: type[Prior]) -> Data:
 def load_data(cfg: RunConfig) -> Data:
     """The observation: a clean image observed through --task's operator A and corrupted with
     seeded noise (--noise at --nlevel), y = noise(A(x)) (inpainting: m ⊙ noise(x)); or an
-    --observed image as it is (with an optional --clean reference)."""
+    --observed image as it is (with an optional --clean reference). With --mask (the
+    lottery prior), the mask file's sha256 joins the data's identity (a resumed run must use the
+    same) once it is found to fit."""
+    data = load_images(cfg)
+    if cfg.mask is not None:
+        ticket = load_ticket(cfg.mask)
+        check_fits(ticket, dict(in_channels=INPUT_DEPTH, out_channels=data.y.shape[0],
+                                width=cfg.width, scales=SCALES, skip=4))  # fmt: skip
+        data.identity |= {"mask": cfg.mask, "mask_sha256": file_sha256(cfg.mask)}
+    return data
+
+
+def load_images(cfg: RunConfig) -> Data:
+    """The observation and the clean image (see ``load_data``)."""
     prior = PRIORS[cfg.prior]
     if cfg.observed is not None:
         return load_observed(cfg, prior)
@@ -380,8 +395,8 @@ def fit_jobs(jobs: list[Job], progress: bool) -> list[int]:
     model = build_model(first.cfg, first.data.x_shape, seeds, operator, **options)
     y = first.data.y
     observers = build_observers(first.cfg, (len(jobs), *y.shape), torch.from_numpy(y).dtype)
-    trained = model.prior.trainable() + getattr(model.operator, "trainable", list)()
-    parameters = sum(p.numel() for p in trained) // len(jobs)
+    operator = getattr(model.operator, "trainable", list)()
+    parameters = model.prior.count_trained() + sum(p.numel() for p in operator) // len(jobs)
     for job in jobs:
         print(describe(job, parameters), flush=True)
         job.started = time.time()  # a run's wall time is its batch's, not the batches' before

@@ -76,9 +76,11 @@ def build_model(
     """The model of ``cfg`` for K = len(seeds) runs with images x of ``image_shape`` (C, H, W)
     and the forward ``operator`` (default: the identity), each run drawn from the streams of its
     own seed, on the CPU (so the draws do not depend on the device). The sparse term has the
-    shape of the observation A(x). ``prior_options`` go to the prior (e.g. ``scales``)."""
-    prior = PRIORS[cfg.prior](image_shape, width=cfg.width, seeds=seeds, pad=cfg.pad,
-                              **prior_options)  # fmt: skip
+    shape of the observation A(x). ``prior_options`` go to the prior (e.g. ``scales``), beside
+    those it takes from ``cfg`` (``Prior.options``: the lottery prior's ``--mask``)."""
+    kind = PRIORS[cfg.prior]
+    prior = kind(image_shape, width=cfg.width, seeds=seeds, pad=cfg.pad,
+                 **(kind.options(cfg) | prior_options))  # fmt: skip
     operator = operator if operator is not None else Identity()
     observed = operator.output_shape(image_shape)
     sparse = SparseTerm(observed, seeds) if cfg.method == "dop" else None

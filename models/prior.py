@@ -12,6 +12,7 @@ A prior is an ``nn.Module`` that defines
 * its constructor ``(image_shape, *, width, seeds, pad)``: K runs, each drawn from the streams of
   its own seed (``utils.seeding``), with every per-run tensor carrying the runs along dimension 0,
   so that K single-run states stack into the batch's state (``utils.state``);
+* ``options(cfg)``: any further constructor arguments it takes from the settings;
 * ``multiple`` and ``smallest_side``: the image sides it accepts (the command line crops to a
   multiple of ``multiple`` unless ``--pad``);
 * for ``--low_memory``, a prior with deep activations has modules with a ``checkpointed``
@@ -25,7 +26,7 @@ A new prior is a new file in models/ with such a class and an entry in ``models.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
@@ -51,6 +52,16 @@ class Prior(nn.Module):
 
     def trainable(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    def count_trained(self) -> int:
+        """Entries gradient descent moves, per run (reported with every run)."""
+        return sum(p.numel() for p in self.trainable()) // self.runs
+
+    @classmethod
+    def options(cls, cfg: Any) -> dict[str, Any]:
+        """Constructor arguments this prior takes from the run's settings (a RunConfig), beyond
+        (image_shape, width, seeds, pad): e.g. the lottery prior's ticket from ``--mask``."""
+        return {}
 
     @classmethod
     def smallest_side(cls, pad: bool) -> int:

@@ -111,6 +111,10 @@ class RunConfig:
         MODEL, choices=METHODS)  # fmt: skip
     prior: str = setting("skip", "the generator of x (see models/)", MODEL, choices=tuple(PRIORS))
     width: int = setting(128, "channels at every scale of the skip net", MODEL)
+    mask: str | None = setting(
+        None, "with --prior lip: a mask file written by lip.py (the lottery image prior's sparse "
+        "subnetwork and the weights it starts from); the --width it was found with", MODEL,
+        type=str)  # fmt: skip
     loss: str = setting("l2", "data-fit loss: l2 (mean squared), l1 (mean absolute) or "
                         "l2_then_ssim (l2, then 1 - SSIM after --loss_switch iterations: "
                         "SelfDeblur's)", MODEL,
@@ -270,6 +274,8 @@ class RunConfig:
             (not 0 < self.lr_gamma <= 1, "--lr_gamma must be in (0, 1]"),
             (self.loss_switch < 0, "--loss_switch must be >= 0"),
             (any(m < 1 for m in self.milestones()), "--lr_milestones must be positive"),
+            ((self.prior == "lip") != (self.mask is not None),
+             "--mask PATH and --prior lip go together (lip.py writes mask files)"),
             (self.num_iter < 1, "--num_iter must be at least 1"),
             (self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)),
              "--lr must be a positive number"),

@@ -1,0 +1,163 @@
+"""The lottery image prior: IMP's sparsity schedule, rewinding, masks kept through training and
+resume, mask files, the random-mask baseline (models/lip.py, lip.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from pathlib import Path
+
+import pytest
+import torch
+
+import denoising
+import lip
+from models import SkipPrior
+from models.lip import convolutions, load_ticket, random_like, save_ticket
+from recovery import build_model, fit
+from tests.conftest import TEST_IMAGE
+from tests.test_recovery import keep_serialised, small_problem
+from utils import InputError
+from utils.config import RunConfig
+
+ROUNDS = 3
+IMP_ARGS = ["--image", TEST_IMAGE[0], "--data_dir", str(TEST_IMAGE[1]), "--crop", "64",
+            "--width", "4", "--num_iter", "12", "--show_every", "4", "--gpu", "cpu",
+            "--quiet", "--ckpt", "t"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def imp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three IMP rounds from the command line, on a 64x64 crop, width 4 (about 1 s)."""
+    out = tmp_path_factory.mktemp("imp")
+    assert lip.main([*IMP_ARGS, "--rounds", str(ROUNDS), "--out_dir", str(out)]) == 0
+    return out
+
+
+def masks(out: Path) -> list:
+    return [load_ticket(lip.mask_path(out, "t", "mask", k)) for k in range(ROUNDS + 1)]
+
+
+def test_imp_prunes_to_0_8_power_of_the_convolution_weights(imp_dir: Path) -> None:
+    tickets = masks(imp_dir)
+    total = sum(m.numel() for m in tickets[0].mask.values())
+    net = SkipPrior((3, 64, 64), width=4).net
+    assert set(tickets[0].mask) == set(convolutions(net))  # conv weights only: no bias, no BN
+    for k, ticket in enumerate(tickets):
+        pruned = sum(int((~m).sum()) for m in ticket.mask.values())
+        assert abs(pruned - (1 - 0.8**k) * total) <= 1, k
+        if k:  # nested: a weight once pruned stays pruned
+            assert all((before | ~after).all() for before, after in zip(
+                tickets[k - 1].mask.values(), ticket.mask.values(), strict=True))  # fmt: skip
+    provenance = tickets[ROUNDS].meta["provenance"]
+    assert provenance["target"] == "noisy" and not provenance["uses_ground_truth"]
+    assert provenance["rounds"] == ROUNDS and provenance["seed"] == 0
+
+
+def test_imp_prunes_by_magnitude_over_all_layers(imp_dir: Path) -> None:
+    """Round 1 prunes the globally smallest weights of the trained dense net: every pruned weight
+    is no larger than every kept one. The trained weights are those of round 1 again (same seed,
+    same loop), so the check retrains it."""
+    ticket = load_ticket(lip.mask_path(imp_dir, "t", "mask", 1))
+    cfg, images, imp = lip.parse_find([*IMP_ARGS, "--out_dir", str(imp_dir)])
+    y, clean, _ = lip.load_targets(cfg, images, imp["imp_target"])
+    dense = load_ticket(lip.mask_path(imp_dir, "t", "mask", 0))
+    model = build_model(dataclasses.replace(cfg, prior="lip"), y.shape[1:], [0], ticket=dense)
+    fit(model, y, dataclasses.replace(cfg, prior="lip"), progress=False)
+    weights = {n: c.weight_orig.detach().abs() for n, c in convolutions(model.prior.net).items()}
+    pruned = torch.cat([weights[n][~m] for n, m in ticket.mask.items()])
+    kept = torch.cat([weights[n][m] for n, m in ticket.mask.items()])
+    assert pruned.max() <= kept.min()
+
+
+def test_surviving_weights_rewind_to_their_initial_values_exactly(imp_dir: Path) -> None:
+    ticket = load_ticket(lip.mask_path(imp_dir, "t", "mask", ROUNDS))
+    init = SkipPrior((3, 64, 64), width=4, seeds=[0]).net.state_dict()
+    cfg = RunConfig(prior="lip", mask=str(lip.mask_path(imp_dir, "t", "mask", ROUNDS)), width=4)
+    prior = build_model(cfg, (3, 64, 64), [0, 1]).prior  # two runs: a grouped net
+    state = prior.net.state_dict()
+    for name, kept in ticket.mask.items():
+        both = torch.cat([kept, kept])
+        orig = state[name.replace("weight", "weight_orig")]
+        assert torch.equal(orig[both], torch.cat([init[name]] * 2)[both])
+        assert (orig[~both] == 0).all() and torch.equal(state[name + "_mask"].bool(), both)
+        bias = name.replace("weight", "bias")
+        assert torch.equal(state[bias], torch.cat([init[bias]] * 2))  # not pruned, rewound
+
+
+def test_masked_weights_stay_zero_through_training_and_resume(imp_dir: Path) -> None:
+    """DOP (g⊙g − h⊙h beside the masked net), Adam, two runs batched: the pruned weights are
+    zero after training, in every checkpoint, and after resuming, which continues exactly."""
+    path = lip.mask_path(imp_dir, "t", "mask", ROUNDS)
+    ticket = load_ticket(path)
+    cfg = RunConfig(prior="lip", mask=str(path), width=4, method="dop", num_iter=20,
+                    show_every=5, save_every=10)  # fmt: skip
+    y, clean = small_problem(shape=(3, 64, 64))
+    saved: dict = {}
+    model = build_model(cfg, (3, 64, 64), [0])
+    whole = fit(model, y, cfg, clean=clean, checkpoint=keep_serialised(saved), progress=False)
+    for name, conv in convolutions(model.prior.net).items():
+        assert (conv.weight[~ticket.mask[name]] == 0).all()
+        assert (conv.weight_orig[~ticket.mask[name]] == 0).all()
+        assert (conv.weight[ticket.mask[name]] != 0).any()  # the survivors were trained
+    state = torch.load(io.BytesIO(saved[10]), weights_only=False)
+    for name, kept in ticket.mask.items():
+        assert (state["model"][f"prior.net.{name}_orig"][~kept] == 0).all()
+    resumed_model = build_model(cfg, (3, 64, 64), [0])
+    resumed = fit(resumed_model, y, cfg, clean=clean, state=state, progress=False)
+    assert resumed.history == whole.history
+    for name, conv in convolutions(resumed_model.prior.net).items():
+        assert (conv.weight_orig[~ticket.mask[name]] == 0).all()
+
+
+def test_cli_trains_a_mask_and_resumes_after_a_kill(imp_dir: Path, tmp_path: Path) -> None:
+    """--prior lip --mask from the command line: stopped at iteration 10 (its last checkpoint),
+    resumed to 20; the saved state keeps the pruned weights at zero and the mask's sha256."""
+    path = lip.mask_path(imp_dir, "t", "mask", ROUNDS)
+    args = [*IMP_ARGS[:8], "--prior", "lip", "--mask", str(path), "--gpu", "cpu", "--quiet",
+            "--show_every", "5", "--save_every", "10", "--out_dir", str(tmp_path)]  # fmt: skip
+    assert denoising.main([*args, "--num_iter", "10"]) == 0
+    assert denoising.main([*args, "--num_iter", "20", "--resume"]) == 0
+    state = torch.load(tmp_path / "test_state.pt", weights_only=False)
+    assert state["iteration"] == 20 and len(state["data"]["mask_sha256"]) == 64
+    for name, kept in load_ticket(path).mask.items():
+        assert (state["model"][f"prior.net.{name}_orig"][~kept] == 0).all()
+
+
+def test_mask_file_round_trips_and_a_misfit_is_refused(imp_dir: Path, tmp_path: Path,
+                                                       capsys) -> None:  # fmt: skip
+    ticket = load_ticket(lip.mask_path(imp_dir, "t", "mask", 2))
+    save_ticket(tmp_path / "copy.pt", ticket)
+    copy = load_ticket(tmp_path / "copy.pt")
+    assert copy.mask.keys() == ticket.mask.keys() and copy.meta == ticket.meta
+    assert all(torch.equal(copy.mask[n], ticket.mask[n]) for n in ticket.mask)
+    assert all(torch.equal(copy.rewind[n], ticket.rewind[n]) for n in ticket.rewind)
+    assert copy.sparsity() == pytest.approx(1 - 0.8**2, abs=1e-3)
+    with pytest.raises(InputError, match="does not fit the skip net of width 8"):
+        build_model(RunConfig(prior="lip", mask=str(tmp_path / "copy.pt"), width=8),
+                    (3, 64, 64), [0])  # fmt: skip
+    args = [*IMP_ARGS[:6], "--width", "8", "--prior", "lip", "--mask", str(tmp_path / "copy.pt"),
+            "--gpu", "cpu", "--out_dir", str(tmp_path)]  # fmt: skip
+    assert denoising.main(args) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.count("\n") == 1
+        and "mask" in err
+        and "body.deeper.0.weight of shape (4, 32, 3, 3), the net (8, 32, 3, 3)" in err
+    )
+    (tmp_path / "junk.pt").write_bytes(b"not a mask")
+    with pytest.raises(InputError, match="cannot read"):
+        load_ticket(tmp_path / "junk.pt")
+
+
+def test_random_twin_has_the_lip_mask_sparsity_in_every_layer(imp_dir: Path) -> None:
+    for k in range(1, ROUNDS + 1):
+        found = load_ticket(lip.mask_path(imp_dir, "t", "mask", k))
+        twin = load_ticket(lip.mask_path(imp_dir, "t", "random", k))
+        assert twin.meta["kind"] == "random"
+        for name, kept in found.mask.items():
+            assert int(kept.sum()) == int(twin.mask[name].sum()), name
+        assert any(not torch.equal(kept, twin.mask[n]) for n, kept in found.mask.items())
+        assert all(torch.equal(twin.rewind[n], found.rewind[n]) for n in found.rewind)
+    again = random_like(found, seed=7)
+    assert all(torch.equal(again.mask[n], random_like(found, seed=7).mask[n]) for n in again.mask)
