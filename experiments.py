@@ -14,20 +14,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils import images
+from utils.config import RunConfig
 
 FULL_ITERS = 150_000  # the public code's default
 README_ITERS = 200_000  # the public README curve runs to 200k iterations
 PAPER_IMAGES = tuple(images.PAPER_IMAGES)  # F16, Peppers, Baboon, kodim03
 LEVELS = (0.1, 0.3, 0.5, 0.7)
-# The compared variants as RunConfig settings: DOP, and the two pure Deep Image Prior baselines.
+# The compared variants as RunConfig settings: DOP, the two pure Deep Image Prior baselines, and
+# the other priors (each with its own reference optimizer and width, models/).
 VARIANTS = {
     "dop": {"method": "dop", "loss": "l2"},
     "dip": {"method": "dip", "loss": "l2"},
     "dip-l1": {"method": "dip", "loss": "l1"},
+    "decoder": {"method": "dip", "prior": "decoder"},
+    "decoder-dop": {"method": "dop", "prior": "decoder"},
+    "drp": {"method": "dip", "prior": "drp"},
 }
+PAPER_VARIANTS = ("dop", "dip", "dip-l1")  # what the paper's figures compare
 # The comparison table (docs/COMPARISON.md): every variant with both stopping rules watching, on
-# the early-stopping paper's levels (REFERENCE.md §3); issues that add priors add variants here.
-COMPARE_VARIANTS = ("dop", "dip", "dip-l1")
+# the early-stopping paper's levels (REFERENCE.md §3).
+COMPARE_VARIANTS = tuple(VARIANTS)
 COMPARE_NOISES = (("salt_pepper", 0.3), ("salt_pepper", 0.5), ("salt_pepper", 0.7),
                   ("gaussian", 0.12), ("gaussian", 0.18), ("gaussian", 0.26))  # fmt: skip
 # The lr_c sweep: lr_c used on the image (--lr_c_scaling none), from the public 500 down by 2s.
@@ -81,18 +87,23 @@ class Run:
     image: str
     nlevel: float
     variant: str  # a key of VARIANTS
-    width: int = 128  # the paper's width, before the profile's scale
+    width: int | None = None  # the paper's width, before the profile's scale (None: the prior's)
     num_iter: int = FULL_ITERS  # the paper's iterations, before the profile's scale
     seed: int = 0  # the same seed = the same noise realization for every variant
     lr_c: float | None = None  # DOP's lr_c used on the image (the lr_c sweep); None: the profile's
     noise: str = "salt_pepper"  # denoising.py --noise
     observe: bool = False  # both stopping rules watch (--stop wmv --stop_observe), finer rows
 
+    def paper_width(self) -> int:
+        """The width at the paper's scale: the run's, or its prior's (128; 64 for drp)."""
+        return self.width or RunConfig(**VARIANTS[self.variant]).with_defaults().width
+
     def ckpt(self, profile: Profile) -> str:
         sweep = "" if self.lr_c is None else f"_lrc{self.lr_c:g}"
         return (
             f"{self.image}_{noise_tag(self.noise, self.nlevel)}_{self.variant}"
-            f"_w{profile.width(self.width)}_s{self.seed}{sweep}{'_es' if self.observe else ''}"
+            f"_w{profile.width(self.paper_width())}_s{self.seed}{sweep}"
+            f"{'_es' if self.observe else ''}"
         )
 
     def show_every(self, profile: Profile) -> int:
@@ -101,7 +112,7 @@ class Run:
 
     def args(self, profile: Profile) -> list[str]:
         """The denoising.py arguments of this run (without --out_dir, --data_dir, --gpu)."""
-        if self.variant != "dop":  # no g, h: no step for them
+        if VARIANTS[self.variant]["method"] != "dop":  # no g, h: no step for them
             lr_c = []
         elif self.lr_c is None:
             lr_c = ["--lr_c", f"{profile.lr_c:g}", "--lr_c_scaling", profile.lr_c_scaling]
@@ -110,7 +121,7 @@ class Run:
         argv = [
             "--image", self.image, "--noise", self.noise, "--nlevel", str(self.nlevel),
             *(arg for key, value in VARIANTS[self.variant].items() for arg in (f"--{key}", value)),
-            "--width", str(profile.width(self.width)),
+            "--width", str(profile.width(self.paper_width())),
             "--num_iter", str(profile.num_iter(self.num_iter)), "--seed", str(self.seed),
             "--show_every", str(self.show_every(profile)),
             "--save_every", str(profile.save_every), "--ckpt", self.ckpt(profile), "--quiet", *lr_c,
@@ -145,7 +156,7 @@ class Case:
         """Where the classical baselines' scores on this case's observation are kept."""
         return out_dir / f"{self.image}_{noise_tag(self.noise, self.nlevel)}_s0_baselines.json"
 
-    def run(self, variant: str, width: int = 128, lr_c: float | None = None,
+    def run(self, variant: str, width: int | None = None, lr_c: float | None = None,
             observe: bool = False) -> Run:  # fmt: skip
         return Run(self.image, self.nlevel, variant, width, lr_c=lr_c, noise=self.noise,
                    observe=observe)  # fmt: skip
@@ -163,7 +174,7 @@ def grid_runs(cases: tuple[Case, ...]) -> list[Run]:
 
 def curve_runs(cases: tuple[Case, ...]) -> list[Run]:
     """Figure 5 compares the learning curves of DOP, DIP and DIP-L1 on the same noise."""
-    return [case.run(v) for case in cases for v in VARIANTS]
+    return [case.run(v) for case in cases for v in PAPER_VARIANTS]
 
 
 def readme_runs(case: Case) -> list[Run]:

@@ -81,7 +81,7 @@ def parse_find(argv: list[str] | None) -> tuple[RunConfig, list[str], dict]:
     images = (args.pop("image", None) or "").split(",")
     cfg = RunConfig(**({"method": "dip"} | args | {"image": images[0] or None}))
     cfg.check()
-    cfg = cfg.with_defaults(LipPrior.defaults)  # the paper's optimizer, the noise's level
+    cfg = cfg.with_defaults(LipPrior)  # the paper's optimizer, the noise's level
     bad = [(imp["rounds"] < 1, "--rounds must be at least 1"),
            (imp["rewind_iter"] < 0 or imp["rewind_iter"] >= cfg.num_iter,
             "--rewind_iter must be in [0, --num_iter)"),

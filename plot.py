@@ -33,6 +33,7 @@ from experiments import (  # noqa: E402
     LR_C_SWEEP,
     PAPER_FIGURES,
     PAPER_IMAGES,
+    PAPER_VARIANTS,
     PROFILES,
     SWEEP_WIDTHS,
     Case,
@@ -49,8 +50,9 @@ from utils.io import atomic_write, save_csv  # noqa: E402
 from utils.rundir import RunDir  # noqa: E402
 
 TABLES = {"results": PAPER_FIGURES, "lrc": ("lrc",)}  # a table per group of figures
-STYLES = {"dop": "-", "dip": "--", "dip-l1": ":"}
-LABELS = {"dop": "DOP", "dip": "DIP (L2)", "dip-l1": "DIP-L1"}
+STYLES = {"dop": "-", "dip": "--", "dip-l1": ":"}  # the paper's variants, in the curves
+LABELS = {"dop": "DOP", "dip": "DIP (L2)", "dip-l1": "DIP-L1", "decoder": "deep decoder",
+          "decoder-dop": "deep decoder + DOP", "drp": "random projector"}  # fmt: skip
 BASELINE_LABELS = {"median3": "median 3×3", "median5": "median 5×5", "bm3d": "BM3D"}
 COMPARE_FIELDS = [
     "image", "noise", "level", "method", "noisy_psnr", "last_psnr", "last_ssim", "wmv_psnr",
@@ -312,7 +314,7 @@ def save_figure(fig: plt.Figure, path: Path) -> None:
 
 
 def variant_panels(cases: tuple[Case, ...]) -> list[tuple[str, list[tuple[Run, str]]]]:
-    return [(c.label, [(c.run(v), LABELS[v]) for v in LABELS]) for c in cases]
+    return [(c.label, [(c.run(v), LABELS[v]) for v in PAPER_VARIANTS]) for c in cases]
 
 
 def plot_sweep(cases: tuple[Case, ...], profile: Profile, out_dir: Path, path: Path) -> None:

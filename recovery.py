@@ -8,7 +8,7 @@ The model of an observation y (K runs at once, runs along dimension 0):
   perturbation η drawn afresh at every iteration, its default optimizer),
 * the forward operator A (utils/operators.py; the identity for denoising),
 * the sparse-outlier term s (models/sparse.py; You, Zhu, Qu, Ma, NeurIPS 2020, arXiv 2006.08857),
-* the data-fit loss of the residual A(x) + s − y (utils/losses.py),
+* the data-fit loss of the residual A(x) + s − y, and an optional TV penalty of x (utils/losses.py),
 * observers of every iterate that use no ground truth (utils/observers.py): an output moving
   average, and the early-stopping rules (utils/stopping.py), one of which may end a run;
 * metrics against a clean image, computed only when one exists (utils/metrics.py).
@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from models import PRIORS, Prior, SparseTerm
 from utils.config import RunConfig
-from utils.losses import data_fit
+from utils.losses import objective
 from utils.metrics import METRICS
 from utils.observers import MovingAverage, Observer
 from utils.operators import Identity, Operator
@@ -78,6 +78,7 @@ def build_model(
     own seed, on the CPU (so the draws do not depend on the device). The sparse term has the
     shape of the observation A(x). ``prior_options`` go to the prior (e.g. ``scales``), beside
     those it takes from ``cfg`` (``Prior.options``: the lottery prior's ``--mask``)."""
+    cfg = cfg.with_defaults()
     kind = PRIORS[cfg.prior]
     prior = kind(image_shape, width=cfg.width, seeds=seeds, pad=cfg.pad,
                  **(kind.options(cfg) | prior_options))  # fmt: skip
@@ -300,7 +301,7 @@ def start_loop(
     runs, device = model.runs, y.device
     if y.shape[0] != runs or len(seeds) != runs or (clean is not None and clean.shape[0] != runs):
         raise ValueError(f"{runs} runs need y (and clean) with {runs} rows and {runs} seeds")
-    cfg = cfg.with_defaults(type(model.prior).defaults)
+    cfg = cfg.with_defaults(type(model.prior))
     speed = speed or Speed.of(cfg.fast, device, cfg.low_memory)
     if speed.channels_last:  # the prior's activations; η is drawn in the standard layout
         model.prior.to(memory_format=torch.channels_last)
@@ -359,8 +360,9 @@ def evaluate(loop: Loop, forward: Callable, j: int = 0) -> tuple[Tensor, Tensor]
             loop.eta[k].normal_(0.0, loop.cfg.reg_noise_std, generator=generator)
     with torch.autocast(loop.y.device.type, torch.bfloat16, enabled=loop.speed.bf16):
         x, prediction = forward(loop.eta)
-    losses = data_fit(loop.cfg, prediction.to(loop.y.dtype), loop.y, j)  # fp32 under bf16
-    return x.detach().to(loop.y.dtype), losses
+    x = x.to(loop.y.dtype)  # the loss, the metrics and the observers are fp32 under bf16
+    losses = objective(loop.cfg, prediction.to(loop.y.dtype), loop.y, x, j)
+    return x.detach(), losses
 
 
 def log_row(loop: Loop, j: int, x: Tensor, losses: Tensor, seconds: float, bar: tqdm) -> None:

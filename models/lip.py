@@ -37,8 +37,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
-from models.skip import INPUT_DEPTH, INPUT_SCALE, SCALES, SkipNet, SkipPrior, _centre_crop
+from models.skip import INPUT_DEPTH, INPUT_SCALE, SCALES, SkipNet, SkipPrior
 from utils import InputError
+from utils.images import centre_crop
 from utils.io import save_torch
 from utils.seeding import derive_seed
 from utils.state import stack_states
@@ -177,7 +178,8 @@ class LipPrior(SkipPrior):
     masks: its weights are not per run, so its state does not split into runs for checkpoints.
     """
 
-    defaults = {"alg": "adam", "lr": 0.01, "reg_noise_std": 1.0 / 30.0}
+    defaults = {"method": "dip", "alg": "adam", "lr": 0.01, "reg_noise_std": 1.0 / 30.0}
+    dop_defaults = {"alg": "sgd", "lr": 1.0}  # the skip net's under DOP (Prior.settings)
 
     def __init__(
         self,
@@ -210,7 +212,7 @@ class LipPrior(SkipPrior):
         if not self.shared:
             return super().forward(eta)
         z = self.input if eta is None else self.input + eta
-        return _centre_crop(self.net(z), *self.image_size)
+        return centre_crop(self.net(z), *self.image_size)
 
     def count_trained(self) -> int:
         """Trained entries per run: the surviving convolution weights and every other tensor."""

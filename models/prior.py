@@ -7,8 +7,9 @@ A prior is an ``nn.Module`` that defines
   drawn afresh by the loop at every iteration with std ``reg_noise_std`` (None when that is 0);
 * ``trainable()``: the tensors gradient descent moves; the optimizer holds these and nothing else
   (by default every parameter that requires a gradient);
-* ``defaults``: the optimizer, learning rate and input perturbation of its reference code, used
-  where the command line does not set them;
+* ``defaults``: the settings of its reference code (optimizer, learning rate, input
+  perturbation, width, loss, TV weight), used where the command line does not set them, and
+  ``dop_defaults``, those that replace them under DOP (``settings``);
 * its constructor ``(image_shape, *, width, seeds, pad)``: K runs, each drawn from the streams of
   its own seed (``utils.seeding``), with every per-run tensor carrying the runs along dimension 0,
   so that K single-run states stack into the batch's state (``utils.state``);
@@ -26,13 +27,19 @@ A new prior is a new file in models/ with such a class and an entry in ``models.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
+
+from utils.seeding import derive_seed
+from utils.state import stack_states
 
 
 class Prior(nn.Module):
     defaults: ClassVar[dict[str, object]] = {"alg": "adam", "lr": 0.01, "reg_noise_std": 0.0}
+    dop_defaults: ClassVar[dict[str, object]] = {}
     multiple: ClassVar[int] = 1
     input: Tensor
 
@@ -58,6 +65,15 @@ class Prior(nn.Module):
         return sum(p.numel() for p in self.trainable()) // self.runs
 
     @classmethod
+    def settings(cls, method: str | None) -> dict[str, object]:
+        """The prior's reference settings for ``method``. DOP's implicit bias is that of plain
+        gradient descent with the discrepant steps lr and lr_c = α·lr (You et al., 2020): with
+        Adam, whose steps do not scale with the gradient, lr_c is no longer a ratio of steps and
+        g, h grow everywhere at once. So a prior whose reference optimizer is Adam names, in
+        ``dop_defaults``, the plain gradient descent it runs under DOP."""
+        return cls.defaults | (cls.dop_defaults if method == "dop" else {})
+
+    @classmethod
     def options(cls, cfg: Any) -> dict[str, Any]:
         """Constructor arguments this prior takes from the run's settings (a RunConfig), beyond
         (image_shape, width, seeds, pad): e.g. the lottery prior's ticket from ``--mask``."""
@@ -67,3 +83,27 @@ class Prior(nn.Module):
     def smallest_side(cls, pad: bool) -> int:
         """The smallest image side this prior can produce (after the crop, or with --pad)."""
         return 1
+
+
+def per_run_net(build: Callable[[int], nn.Module], seeds: Sequence[int]) -> nn.Module:
+    """One net for K = len(seeds) runs. ``build(groups)`` makes a net of ``groups`` independent
+    groups; run k's weights are those ``build(1)`` draws from the "weights" stream of seeds[k]
+    (the global random stream is left as it was), stacked into ``build(K)`` along dimension 0."""
+    nets = []
+    for seed in seeds:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, "weights"))
+            nets.append(build(1))
+    if len(nets) == 1:
+        return nets[0]
+    with torch.random.fork_rng(devices=[]):
+        net = build(len(nets))
+    net.load_state_dict(stack_states([n.state_dict() for n in nets]))
+    return net
+
+
+def per_run_input(seeds: Sequence[int], shape: Sequence[int], draw=torch.rand) -> Tensor:
+    """z for K runs, (K, *shape): run k's drawn by ``draw`` (torch.rand: uniform [0, 1);
+    torch.randn: standard normal) from the "input" stream of seeds[k]."""
+    streams = [torch.Generator().manual_seed(derive_seed(seed, "input")) for seed in seeds]
+    return torch.cat([draw(1, *shape, generator=stream) for stream in streams])

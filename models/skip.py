@@ -32,9 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from models.prior import Prior
-from utils.seeding import derive_seed
-from utils.state import stack_states
+from models.prior import Prior, per_run_input, per_run_net
+from utils.images import centre_crop
 
 SCALES = 5  # the public code's depth: image sides are cropped to multiples of 2**SCALES = 32
 INPUT_DEPTH = 32  # channels of the fixed input z
@@ -62,11 +61,6 @@ def _conv_bn_act(
         nn.BatchNorm2d(groups * c_out),
         nn.LeakyReLU(0.2),
     ]
-
-
-def _centre_crop(x: Tensor, h: int, w: int) -> Tensor:
-    top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
-    return x[..., top : top + h, left : left + w]
 
 
 class _Scale(nn.Module):
@@ -106,7 +100,7 @@ class _Scale(nn.Module):
         if s is None:
             return deep
         h, w = min(s.shape[-2], deep.shape[-2]), min(s.shape[-1], deep.shape[-1])
-        return _cat_groups(_centre_crop(s, h, w), _centre_crop(deep, h, w), self.groups)
+        return _cat_groups(centre_crop(s, h, w), centre_crop(deep, h, w), self.groups)
 
     def _forward_checkpointed(self, x: Tensor, tail: nn.Module | None) -> Tensor:
         """The same layers in the same order, as segments whose inner activations are not kept
@@ -222,7 +216,7 @@ class SkipPrior(Prior):
     ``input_depth`` and ``skip`` change z's channels and the skip channels (SelfDeblur: 8, 16).
     """
 
-    defaults = {"alg": "sgd", "lr": 1.0, "reg_noise_std": 1.0 / 30.0}
+    defaults = {"method": "dop", "alg": "sgd", "lr": 1.0, "reg_noise_std": 1.0 / 30.0}
     multiple = 2**SCALES
 
     def __init__(
@@ -243,30 +237,15 @@ class SkipPrior(Prior):
         canvas = [max(least, -(-s // step) * step) for s in (h, w)] if pad else [h, w]
         sizes = dict(in_channels=input_depth, out_channels=channels, width=width, scales=scales,
                      skip=skip)  # fmt: skip
-        nets = []
-        for seed in seeds:
-            with torch.random.fork_rng(devices=[]):  # the global stream is left as it was
-                torch.manual_seed(derive_seed(seed, "weights"))
-                nets.append(SkipNet(**sizes))
-        if len(nets) == 1:
-            self.net = nets[0]
-        else:
-            with torch.random.fork_rng(devices=[]):
-                self.net = SkipNet(**sizes, groups=len(nets))
-            self.net.load_state_dict(stack_states([net.state_dict() for net in nets]))
-        inputs = [
-            torch.rand(1, input_depth, *canvas,
-                       generator=torch.Generator().manual_seed(derive_seed(seed, "input")))
-            for seed in seeds
-        ]  # fmt: skip
-        self.register_buffer("input", torch.cat(inputs) * INPUT_SCALE)
+        self.net = per_run_net(lambda groups: SkipNet(**sizes, groups=groups), seeds)
+        self.register_buffer("input", per_run_input(seeds, (input_depth, *canvas)) * INPUT_SCALE)
 
     def forward(self, eta: Tensor | None) -> Tensor:
         z = self.input if eta is None else self.input + eta
         # The K runs' inputs side by side as the channels of one image for the grouped net.
         out = self.net(z.reshape(1, -1, *z.shape[-2:]))
         x = out.reshape(self.runs, -1, *out.shape[-2:])
-        return _centre_crop(x, *self.image_size)
+        return centre_crop(x, *self.image_size)
 
     @classmethod
     def smallest_side(cls, pad: bool) -> int:

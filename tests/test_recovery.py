@@ -215,7 +215,7 @@ def test_a_toy_prior_and_a_toy_observer_plug_in_without_editing_the_loop() -> No
     model = Model(OneLayer(SHAPE, seeds=[0, 1]))
     bias = model.prior.bias.clone()
     cfg = config(num_iter=21, method="dip")
-    optimizer = make_optimizer(model, cfg.with_defaults(OneLayer.defaults))
+    optimizer = make_optimizer(model, cfg.with_defaults(OneLayer))
     assert optimizer.param_groups[0]["lr"] == 0.5  # the prior's default step
     assert optimizer.param_groups[0]["params"] == [model.prior.weight]
     saved: list = []

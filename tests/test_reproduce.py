@@ -7,7 +7,16 @@ import pytest
 from PIL import Image
 
 import reproduce
-from experiments import LR_C_SWEEP, PROFILES, Case, Profile, Run, check_names, figure_runs
+from experiments import (
+    COMPARE_VARIANTS,
+    LR_C_SWEEP,
+    PROFILES,
+    Case,
+    Profile,
+    Run,
+    check_names,
+    figure_runs,
+)
 from utils.rundir import RunDir
 
 # Bundled images (a fresh clone has no paper images): two at 50% (Figure 3) and one at two
@@ -165,18 +174,19 @@ def test_comparison_table_on_the_same_noise(tmp_path: Path) -> None:
     cases = {"compare": (Case("cat", 0.5), Case("cat", 0.12, "gaussian"))}
     kw = dict(figs_dir=tmp_path / "figs", table_dir=docs, cases=cases, **CPU)
     outcome, files = reproduce.reproduce(["compare"], TINY, out, tmp_path, batch=3, **kw)
-    assert len(outcome["started"]) == 6 and not outcome["failed"]
+    variants = len(COMPARE_VARIANTS)  # DOP, DIP, DIP-L1, the deep decoder (+ DOP), the projector
+    assert len(outcome["started"]) == 2 * variants and not outcome["failed"]
     assert docs / "COMPARISON.md" in files
     assert "Profile `tiny`" in (docs / "COMPARISON.md").read_text()
     rows = read_rows(docs / "comparison_tiny.csv")
-    assert len(rows) == 12  # 2 cases x (3 variants + 3 baselines)
+    assert len(rows) == 2 * (variants + 3)  # 2 cases x (the variants + 3 baselines)
     for noise, baseline in (("salt_pepper", "median 3×3"), ("gaussian", "BM3D (σ given)")):
         runs = [r for r in rows if r["noise"] == noise and r["iterations"]]
-        assert len(runs) == 3 and len({r["noisy_psnr"] for r in runs}) == 1  # the same noise
+        assert len(runs) == variants and len({r["noisy_psnr"] for r in runs}) == 1  # same noise
         for r in runs:
             assert 0 <= int(r["wmv_iteration"]) < 300 and 100 < int(r["emv_iteration"]) < 300
             assert float(r["oracle_wmv_gap"]) >= 0 and float(r["oracle_emv_gap"]) >= 0
         [made_for] = [r for r in rows if r["noise"] == noise and r["method"] == baseline]
         assert float(made_for["last_psnr"]) > float(runs[0]["noisy_psnr"]) + 3
     again, _ = reproduce.reproduce(["compare"], TINY, out, tmp_path, **kw)
-    assert len(again["reused"]) == 6
+    assert len(again["reused"]) == 2 * variants

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from models import PRIORS
+from models import PRIORS, Prior
 from utils import InputError
 from utils.images import DEFAULT_DATA_DIR
 from utils.losses import LOSS_NAMES
@@ -32,7 +32,9 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "blind-deblur": {"alg": "adam", "lr": 0.01, "reg_noise_std": 0.001,
                      "lr_milestones": "2000,3000,4000"},
 }  # fmt: skip
-GENERIC_DEFAULTS = {"lr_kernel": 1e-4, "lr_milestones": ""}
+# Settings no prior sets itself (a prior's ``defaults`` may set any of them).
+GENERIC_DEFAULTS = {"method": "dop", "lr_kernel": 1e-4, "lr_milestones": "", "width": 128,
+                    "loss": "l2", "tv": 0.0}  # fmt: skip
 
 
 def setting(default: Any, help: str, group: str, *, type: Any = None, choices=None,
@@ -106,19 +108,29 @@ class RunConfig:
         None, "blind-deblur: the side N of the estimated N x N kernel (default: the size of "
         "--kernel; larger than the true kernel is allowed)", TASK, type=int)  # fmt: skip
     # --- the model
-    method: str = setting(
-        "dop", "dop: y ~ A(x) + g*g - h*h (the sparse term absorbs outliers); dip: y ~ A(x)",
-        MODEL, choices=METHODS)  # fmt: skip
-    prior: str = setting("skip", "the generator of x (see models/)", MODEL, choices=tuple(PRIORS))
-    width: int = setting(128, "channels at every scale of the skip net", MODEL)
+    method: str | None = setting(
+        None, "dop: y ~ A(x) + g*g - h*h (the sparse term absorbs outliers); dip: y ~ A(x) "
+        "(default: the prior's: dop for skip, the public code's; dip for the others, as their "
+        "papers run them)", MODEL, type=str, choices=METHODS)  # fmt: skip
+    prior: str = setting(
+        "skip", "the generator of x (models/): skip (the DIP U-Net, DOP's), lip (a sparse "
+        "subnetwork of it, --mask), decoder (the deep decoder), drp (the deep random projector)",
+        MODEL, choices=tuple(PRIORS))  # fmt: skip
+    width: int | None = setting(
+        None, "the prior's channels: at every scale of the skip net; the deep decoder's k "
+        "(default: the prior's; 128, the random projector 64)", MODEL, type=int)  # fmt: skip
     mask: str | None = setting(
         None, "with --prior lip: a mask file written by lip.py (the lottery image prior's sparse "
         "subnetwork and the weights it starts from); the --width it was found with", MODEL,
         type=str)  # fmt: skip
-    loss: str = setting("l2", "data-fit loss: l2 (mean squared), l1 (mean absolute) or "
-                        "l2_then_ssim (l2, then 1 - SSIM after --loss_switch iterations: "
-                        "SelfDeblur's)", MODEL,
-                        choices=LOSS_NAMES)  # fmt: skip
+    loss: str | None = setting(
+        None, "data-fit loss: l2 (mean squared), l1 (mean absolute), rmse (root mean squared) or "
+        "l2_then_ssim (l2, then 1 - SSIM after --loss_switch iterations: SelfDeblur's) "
+        "(default: the prior's; l2, the random projector rmse)", MODEL, type=str,
+        choices=LOSS_NAMES)  # fmt: skip
+    tv: float | None = setting(
+        None, "weight of the total-variation penalty of x added to the loss (default: the "
+        "prior's; 0, the random projector 0.45)", MODEL, type=float)  # fmt: skip
     # --- optimisation
     alg: str | None = setting(
         None, "optimizer: sgd (no momentum) or adam (default: the prior's; sgd for skip)",
@@ -195,12 +207,14 @@ class RunConfig:
     overwrite: bool = setting(False, "replace an earlier run CKPT", RUN, defines_run=False)
     quiet: bool = setting(False, "no progress bar", RUN, defines_run=False)
 
-    def with_defaults(self, defaults: dict[str, Any] | None = None) -> RunConfig:
+    def with_defaults(self, prior: type[Prior] | None = None) -> RunConfig:
         """The settings with every None replaced by its default: the task's (``TASK_DEFAULTS``),
-        then the prior's (or ``defaults``) for the optimizer and the perturbation; the noise
-        type's level for synthetic denoising, 0 (no noise) for the other tasks."""
-        defaults = GENERIC_DEFAULTS | (defaults or PRIORS[self.prior].defaults)
-        defaults = defaults | TASK_DEFAULTS.get(self.task, {})
+        then the prior's for the run's method (``Prior.settings``; the class of ``--prior``, or
+        ``prior``), then the generic ones; the noise type's level for synthetic denoising, 0 for
+        the other tasks. The method itself, when unset, is the prior's."""
+        prior = prior or PRIORS[self.prior]
+        method = self.method or prior.defaults.get("method", GENERIC_DEFAULTS["method"])
+        defaults = GENERIC_DEFAULTS | prior.settings(method) | TASK_DEFAULTS.get(self.task, {})
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         if self.observed is None and self.nlevel is None:
             filled["nlevel"] = NOISES[self.noise].default if self.task == "denoise" else 0.0
@@ -224,20 +238,22 @@ class RunConfig:
         return self.lr_c * {"none": 1.0, "n": ratio, "sqrt": math.sqrt(ratio)}[self.lr_c_scaling]
 
     def defining(self) -> dict[str, Any]:
-        """The settings that define the run (a resumed run must have the same), less those that
-        play no part in it (g, h's step without g, h)."""
-        unused = {"lr_c", "lr_c_scaling"} if self.method != "dop" else set()
-        unused |= {"mixture_sigma"} if self.noise != "mixture" else set()
-        if self.stop == "none":
+        """The settings that define the run (a resumed run must have the same), defaults filled
+        in, less those that play no part in it (g, h's step without g, h)."""
+        cfg = self.with_defaults()
+        unused = {"lr_c", "lr_c_scaling"} if cfg.method != "dop" else set()
+        unused |= {"mixture_sigma"} if cfg.noise != "mixture" else set()
+        if cfg.stop == "none":
             unused |= {"stop_window", "stop_patience", "stop_decay"}
-        unused |= {"task"} if self.task == "denoise" else set()  # every run before tasks
-        unused |= {"keep", "pixel_mask"} if self.task != "inpaint" else set()
-        unused |= {"factor"} if self.task != "sr" else set()
-        unused |= {"kernel"} if self.task not in DEBLUR else set()
-        unused |= {"kernel_size", "lr_kernel"} if self.task != "blind-deblur" else set()
-        unused |= {"loss_switch"} if self.loss != "l2_then_ssim" else set()
-        unused |= {"lr_milestones", "lr_gamma"} if not self.lr_milestones else set()
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+        unused |= {"task"} if cfg.task == "denoise" else set()  # every run before tasks
+        unused |= {"keep", "pixel_mask"} if cfg.task != "inpaint" else set()
+        unused |= {"factor"} if cfg.task != "sr" else set()
+        unused |= {"kernel"} if cfg.task not in DEBLUR else set()
+        unused |= {"kernel_size", "lr_kernel"} if cfg.task != "blind-deblur" else set()
+        unused |= {"loss_switch"} if cfg.loss != "l2_then_ssim" else set()
+        unused |= {"lr_milestones", "lr_gamma"} if not cfg.lr_milestones else set()
+        unused |= {"tv"} if not cfg.tv else set()  # every run before the TV penalty
+        return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
                 if f.metadata["defines_run"] and f.name not in unused}  # fmt: skip
 
     def check(self) -> None:
@@ -250,7 +266,8 @@ class RunConfig:
              "--observed is used as it is: it excludes --image and --nlevel"),
             (self.clean is not None and self.observed is None,
              "--clean goes with --observed (a synthetic run has its own clean image)"),
-            (self.width < 1, "--width must be at least 1"),
+            (self.width is not None and self.width < 1, "--width must be at least 1"),
+            (self.tv is not None and not self.tv >= 0, "--tv must be >= 0"),
             (not 0 < self.keep <= 1, "--keep must be a fraction in (0, 1]"),
             (self.factor < 1, "--factor must be a positive integer"),
             (self.pixel_mask is not None and self.task != "inpaint",

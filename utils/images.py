@@ -155,9 +155,9 @@ def resolve_image(
 
 
 def centre_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The central height x width window of a (C, H, W) image."""
-    top, left = (image.shape[1] - height) // 2, (image.shape[2] - width) // 2
-    return image[:, top : top + height, left : left + width]
+    """The central height x width window of an image (..., H, W): a numpy array or a tensor."""
+    top, left = (image.shape[-2] - height) // 2, (image.shape[-1] - width) // 2
+    return image[..., top : top + height, left : left + width]
 
 
 def crop_to_multiple(image: np.ndarray, d: int = 32) -> np.ndarray:

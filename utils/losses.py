@@ -2,10 +2,12 @@
 
 ``l2`` and ``l1`` map the residual r = prediction − y of shape (K, ...) to a (K,) tensor: the mean
 over each run's entries, as ``torch.nn.MSELoss()`` / ``L1Loss()`` with mean reduction in the public
-code. ``l2_then_ssim`` is SelfDeblur's (Ren et al., CVPR 2020): the mean squared error for the
-first ``--loss_switch`` iterations (1000 there), then 1 − SSIM(prediction, y) (Wang et al.'s SSIM,
-``utils.metrics.ssim_of``). The loop minimises the sum over runs, so each run's parameters get the
-gradient of its own loss only.
+code; ``rmse`` is the square root of ``l2`` (the deep random projector's, Li, Zhuang, Liang, Sun,
+CVPR 2023). ``l2_then_ssim`` is SelfDeblur's (Ren et al., CVPR 2020): the mean squared error for
+the first ``--loss_switch`` iterations (1000 there), then 1 − SSIM(prediction, y) (Wang et al.'s
+SSIM, ``utils.metrics.ssim_of``). ``--tv`` adds λ·TV(x) of the image estimate (``total_variation``).
+The loop minimises the sum over runs, so each run's parameters get the gradient of its own loss
+only.
 """
 
 from __future__ import annotations
@@ -31,8 +33,29 @@ def l1(residual: Tensor) -> Tensor:
     return residual.abs().flatten(1).mean(1)
 
 
-LOSSES: dict[str, Callable[[Tensor], Tensor]] = {"l2": l2, "l1": l1}
+def rmse(residual: Tensor) -> Tensor:
+    """Root mean squared error ((1/n) Σ r_i²)^½."""
+    return l2(residual).sqrt()
+
+
+def total_variation(x: Tensor) -> Tensor:
+    """The anisotropic total variation of each run's image x (K, C, H, W), normalised by its
+    entries as in the random projector's code: (Σ |x[i+1, j] − x[i, j]| + Σ |x[i, j+1] − x[i, j]|)
+    / (C·H·W)."""
+    vertical = (x[..., 1:, :] - x[..., :-1, :]).abs().flatten(1).sum(1)
+    horizontal = (x[..., 1:] - x[..., :-1]).abs().flatten(1).sum(1)
+    return (vertical + horizontal) / x[0].numel()
+
+
+LOSSES: dict[str, Callable[[Tensor], Tensor]] = {"l2": l2, "l1": l1, "rmse": rmse}
 LOSS_NAMES = (*LOSSES, "l2_then_ssim")
+
+
+def objective(cfg: RunConfig, prediction: Tensor, y: Tensor, x: Tensor, iteration: int) -> Tensor:
+    """The K values the loop minimises at ``iteration``: the data fit of ``cfg.loss``, plus
+    ``cfg.tv`` times the total variation of the image estimates x when ``--tv`` is set."""
+    fit = data_fit(cfg, prediction, y, iteration)
+    return fit + cfg.tv * total_variation(x) if cfg.tv else fit
 
 
 def data_fit(cfg: RunConfig, prediction: Tensor, y: Tensor, iteration: int) -> Tensor:

@@ -3,17 +3,20 @@ paper (Wang, Li, Zhuang, Chen, Liang, Sun, TMLR 2023, arXiv 2112.06074), each se
 
 Every corruption maps a clean (C, H, W) image in [0, 1] and a level to a ``Corruption``: the noisy
 image, clipped to [0, 1], and the arrays that make the realization (saved in the run's noise.npz).
-Every entry (every channel of every pixel) is corrupted independently, as in both papers' code.
+Every entry (every channel of every pixel) is corrupted independently, as in both papers' code,
+except ``gaussian_shared``.
 
-=========== =========================================================== =====================
-``--noise`` y                                                           ``--nlevel``
-=========== =========================================================== =====================
-salt_pepper entry → 1 or 0 (equal chance) with probability p; DOP's     p ∈ [0, 1], default 0.5
-gaussian    clip(x + σ n), n ~ N(0, 1)                                  σ ≥ 0, default 0.18
-mixture     salt_pepper(p) of clip(x + σ n), σ = ``--mixture_sigma``    p ∈ [0, 1], default 0.3
-shot        clip(Poisson(c x) / c)                                      c > 0, default 12
-speckle     clip(x + σ x n), n ~ N(0, 1)                                σ ≥ 0, default 0.35
-=========== =========================================================== =====================
+=============== ========================================================= ======================
+``--noise``     y                                                         ``--nlevel``
+=============== ========================================================= ======================
+salt_pepper     entry → 1 or 0 (equal chance) with probability p; DOP's   p ∈ [0, 1], default 0.5
+gaussian        clip(x + σ n), n ~ N(0, 1)                                σ ≥ 0, default 0.18
+gaussian_shared clip(x + σ n), one n per pixel for every channel (the     σ ≥ 0, default 25/255
+                deep decoder's experiments, Heckel & Hand, ICLR 2019)
+mixture         salt_pepper(p) of clip(x + σ n), σ = ``--mixture_sigma``  p ∈ [0, 1], default 0.3
+shot            clip(Poisson(c x) / c)                                    c > 0, default 12
+speckle         clip(x + σ x n), n ~ N(0, 1)                              σ ≥ 0, default 0.35
+=============== ========================================================= ======================
 
 The early-stopping paper's levels: Gaussian σ 0.12 / 0.18 / 0.26, impulse 30 / 50 / 70%, shot
 c ≈ 25 / 12 / 5, speckle 0.20 / 0.35 / 0.45 (REFERENCE.md §3); the defaults are the middle ones.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -88,6 +92,9 @@ FRACTION = lambda p: 0.0 <= p <= 1.0  # noqa: E731
 NOISES: dict[str, NoiseType] = {
     "salt_pepper": NoiseType(salt_and_pepper, 0.5, FRACTION, "a fraction in [0, 1]"),
     "gaussian": NoiseType(gaussian, 0.18, lambda s: s >= 0, "a std >= 0"),
+    "gaussian_shared": NoiseType(
+        partial(gaussian, same_in_channels=True), 25 / 255, lambda s: s >= 0, "a std >= 0"
+    ),  # fmt: skip
     "mixture": NoiseType(mixture, 0.3, FRACTION, "a fraction in [0, 1]"),
     "shot": NoiseType(shot, 12.0, lambda c: c > 0, "a photon count > 0"),
     "speckle": NoiseType(speckle, 0.35, lambda s: s >= 0, "a std >= 0"),
