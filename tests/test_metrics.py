@@ -48,7 +48,8 @@ def smooth_field(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
     bilinear interpolation is accurate on it, so alignment has one clear optimum."""
     from scipy.ndimage import gaussian_filter
 
-    field = gaussian_filter(np.random.default_rng(seed).random(shape), 2, axes=(-2, -1))
+    sigma = (0,) * (len(shape) - 2) + (2, 2)  # each channel on its own
+    field = gaussian_filter(np.random.default_rng(seed).random(shape), sigma)
     return (field - field.min()) / (field.max() - field.min())
 
 
