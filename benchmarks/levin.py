@@ -18,6 +18,7 @@ killed ones resumed. The table goes to stdout and to --csv (default docs/levin_P
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import sys
 from dataclasses import dataclass
@@ -90,35 +91,37 @@ def load(path: Path) -> np.ndarray:
         return np.asarray(img, np.float64) / 255
 
 
-def rotated(data_dir: Path, image: int, kernel: int) -> bool:
-    """Whether the true kernel of a case, as this code's forward model uses it, is the file's
-    180° rotation. A 'valid' blur here is a true convolution (``convolve_valid``), and
-    SelfDeblur's copy of the set stores its kernels in either orientation (kernels 4 and 8
-    explain their observations as convolutions, the others as correlations: docs/RESULTS.md).
-    The orientation kept is the k that explains the observation y by the sharp image x better:
-    the smaller min_t mean((y − (x ∗ k)(· − t))²) over integer shifts |t| ≤ 6, 20 pixels in
-    from the border. It uses x, as the true kernel is ground truth too."""
+@functools.cache
+def rotated(data_dir: Path, kernel: int) -> bool:
+    """Whether a true kernel, as this code's forward model uses it, is the file's 180° rotation.
+    A 'valid' blur here is a true convolution (``convolve_valid``), and SelfDeblur's copy of the
+    set stores its kernels in either orientation (kernels 4 and 8 explain their observations as
+    convolutions, the others as correlations: docs/RESULTS.md). The orientation kept is the k
+    that explains the observations y_i of the kernel by the sharp images x_i better: the smaller
+    Σ_i min_t mean((y_i − (x_i ∗ k)(· − t))²) over integer shifts |t| ≤ 6, 20 pixels in from the
+    border, over the images of the set. It uses the x_i, as the true kernel is ground truth."""
     from scipy.signal import fftconvolve
 
-    x, k = (load(data_dir / "gt" / f"{name}.png") for name in (f"im{image}", f"kernel{kernel}"))
-    y = load(data_dir / f"im{image}_kernel{kernel}_img.png")
+    k = load(data_dir / "gt" / f"kernel{kernel}.png")
     inner = (slice(20, -20),) * 2
+    pairs = [[load(data_dir / name) for name in (f"gt/im{i}.png", f"im{i}_kernel{kernel}_img.png")]
+             for i in IMAGES]  # fmt: skip
 
-    def misfit(k: np.ndarray) -> float:
+    def misfit(k: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
         blurred = fftconvolve(x, k / k.sum(), mode="same")
         return min(float(np.mean((np.roll(blurred, t, (0, 1))[inner] - y[inner]) ** 2))
                    for t in itertools.product(range(-6, 7), repeat=2))  # fmt: skip
 
-    return misfit(k[::-1, ::-1]) < misfit(k)
+    return sum(misfit(k[::-1, ::-1], *p) - misfit(k, *p) for p in pairs) < 0
 
 
-def true_kernel(data_dir: Path, image: int, kernel: int, out_dir: Path) -> Path:
-    """OUT_DIR/kernels/imI_kernelK.png: the kernel file in the orientation of ``rotated`` (its
-    pixels rotated, not resampled), the --kernel of a case's runs."""
-    path = out_dir / "kernels" / f"im{image}_kernel{kernel}.png"
+def true_kernel(data_dir: Path, kernel: int, out_dir: Path) -> Path:
+    """OUT_DIR/kernels/kernelK.png: the kernel file in the orientation of ``rotated`` (its
+    pixels rotated, not resampled), the --kernel of the kernel's runs."""
+    path = out_dir / "kernels" / f"kernel{kernel}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     with Image.open(data_dir / "gt" / f"kernel{kernel}.png") as img:
-        turn = rotated(data_dir, image, kernel)
+        turn = rotated(data_dir, kernel)
         kept = img.transpose(Image.Transpose.ROTATE_180) if turn else img.copy()
     atomic_write(path, lambda f: kept.save(f, format="PNG"))
     return path
@@ -146,7 +149,7 @@ def runs(profile: Profile, data_dir: Path, out_dir: Path) -> dict[str, list[str]
                   "--show_every", str(max(1, profile.num_iter // 20)), "--quiet",
                   *schedule(profile.num_iter)]  # fmt: skip
         common += [] if profile.crop is None else ["--crop", str(profile.crop)]
-        kernel = ["--kernel", str(true_kernel(data_dir, i, k, out_dir))]
+        kernel = ["--kernel", str(true_kernel(data_dir, k, out_dir))]
         blind = ["--task", "blind-deblur", "--kernel_size", str(case.given_size(size))]
         out[blind_name(case, size)] = [*common, *blind, *kernel, "--ckpt", blind_name(case, size)]
         keys = ("alg", "lr", "reg_noise_std")  # SelfDeblur's, which --task deblur leaves unset
@@ -177,7 +180,7 @@ def score(profile: Profile, data_dir: Path, out_dir: Path) -> list[dict]:
         report = blind.config()["report"]
         rows.append({
             "image": case.image, "kernel": case.kernel, "true_size": size,
-            "kernel_rotated": rotated(data_dir, case.image, case.kernel),
+            "kernel_rotated": rotated(data_dir, case.kernel),
             "given_size": case.given_size(size), "max_shift": m,
             "blind_psnr": round(a.psnr(), 2), "blind_ssim": round(a.ssim(), 4),
             "deblur_psnr": round(b.psnr(), 2), "deblur_ssim": round(b.ssim(), 4),
