@@ -143,10 +143,11 @@ def runs(profile: Profile, data_dir: Path, out_dir: Path) -> dict[str, list[str]
     out = {}
     for case in profile.cases:
         i, k, size = case.image, case.kernel, true_size(data_dir, case.kernel)
+        show = max(1, profile.num_iter // 20)  # logged rows; a checkpoint every 5
         common = ["--observed", str(data_dir / f"im{i}_kernel{k}_img.png"),
                   "--clean", str(data_dir / "gt" / f"im{i}.png"), "--method", "dip",
                   "--width", str(profile.width), "--num_iter", str(profile.num_iter),
-                  "--show_every", str(max(1, profile.num_iter // 20)), "--quiet",
+                  "--show_every", str(show), "--save_every", str(5 * show), "--quiet",
                   *schedule(profile.num_iter)]  # fmt: skip
         common += [] if profile.crop is None else ["--crop", str(profile.crop)]
         kernel = ["--kernel", str(true_kernel(data_dir, k, out_dir))]

@@ -51,6 +51,8 @@ def test_full_profile_is_selfdeblurs_setting_on_all_32_cases(data_dir: Path, cap
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 64  # 32 blind runs and 32 with the true kernel
     cfgs = [parse(line.split()[2:]) for line in lines]
+    for cfg in cfgs:
+        cfg.check()  # settings denoising.py accepts
     blind = [c for c in cfgs if c.task == "blind-deblur"]
     assert len(blind) == 32 and sum(c.task == "deblur" for c in cfgs) == 32
     for cfg in cfgs:
@@ -64,6 +66,15 @@ def test_full_profile_is_selfdeblurs_setting_on_all_32_cases(data_dir: Path, cap
     ours = blind[0].with_defaults()  # the same optimizer as SelfDeblur's blind runs
     assert all((c.alg, c.lr, c.reg_noise_std) == (ours.alg, ours.lr, ours.reg_noise_std)
                for c in known)  # fmt: skip
+
+
+def test_the_quick_profiles_command_lines_are_accepted(data_dir: Path, tmp_path, capsys) -> None:
+    argv = ["--profile", "quick", "--data_dir", str(data_dir), "--out_dir", str(tmp_path)]
+    assert levin.main([*argv, "--dry_run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 9  # 4 cases, blind and true kernel, and one over-specified blind run
+    for line in lines:
+        parse(line.split()[2:]).check()
 
 
 def test_a_tiny_profile_runs_and_scores(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
