@@ -92,14 +92,10 @@ def load(path: Path) -> np.ndarray:
 
 
 @functools.cache
-def rotated(data_dir: Path, kernel: int) -> bool:
-    """Whether a true kernel, as this code's forward model uses it, is the file's 180° rotation.
-    A 'valid' blur here is a true convolution (``convolve_valid``), and SelfDeblur's copy of the
-    set stores its kernels in either orientation (kernels 4 and 8 explain their observations as
-    convolutions, the others as correlations: docs/RESULTS.md). The orientation kept is the k
-    that explains the observations y_i of the kernel by the sharp images x_i better: the smaller
-    Σ_i min_t mean((y_i − (x_i ∗ k)(· − t))²) over integer shifts |t| ≤ 6, 20 pixels in from the
-    border, over the images of the set. It uses the x_i, as the true kernel is ground truth."""
+def misfits(data_dir: Path, kernel: int) -> tuple[float, float]:
+    """How well a kernel file explains its observations y_i of the sharp images x_i, as it is
+    and rotated by 180°: mean_i min_t mean((y_i − (x_i ∗ k)(· − t))²) over integer shifts
+    |t| ≤ 6, 20 pixels in from the border (∗ a true convolution, as ``convolve_valid``)."""
     from scipy.signal import fftconvolve
 
     k = load(data_dir / "gt" / f"kernel{kernel}.png")
@@ -112,7 +108,18 @@ def rotated(data_dir: Path, kernel: int) -> bool:
         return min(float(np.mean((np.roll(blurred, t, (0, 1))[inner] - y[inner]) ** 2))
                    for t in itertools.product(range(-6, 7), repeat=2))  # fmt: skip
 
-    return sum(misfit(k[::-1, ::-1], *p) - misfit(k, *p) for p in pairs) < 0
+    as_is, turned = (float(np.mean([misfit(c, *p) for p in pairs])) for c in (k, k[::-1, ::-1]))
+    return as_is, turned
+
+
+def rotated(data_dir: Path, kernel: int) -> bool:
+    """Whether a true kernel, as this code's forward model uses it, is the file's 180° rotation:
+    whether the rotation explains the kernel's observations better (``misfits``). A 'valid' blur
+    here is a true convolution, and SelfDeblur's copy of the set stores its kernels in either
+    orientation (kernels 4 and 8 as convolutions, the others as correlations: docs/RESULTS.md).
+    It uses the sharp images, as the true kernel is ground truth too."""
+    as_is, turned = misfits(data_dir, kernel)
+    return turned < as_is
 
 
 def true_kernel(data_dir: Path, kernel: int, out_dir: Path) -> Path:
@@ -229,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1, help="runs of one shape sharing a loop")
     p.add_argument("--table", action="store_true", help="score the finished runs only")
     p.add_argument("--dry_run", action="store_true", help="print the command lines only")
+    p.add_argument("--orientation", action="store_true",
+                   help="print how well each kernel file explains its observations, as it is "
+                   "and rotated (PSNR of the best-shifted blur of the sharp image)")  # fmt: skip
     args = p.parse_args(argv)
     profile, data_dir = PROFILES[args.profile], Path(args.data_dir)
     out_dir = Path(args.out_dir or f"checkpoints/levin_{args.profile}")
@@ -236,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --data_dir {data_dir} does not hold Levin et al.'s set (gt/kernel1.png)",
               file=sys.stderr)  # fmt: skip
         return 2
+    if args.orientation:
+        for k in KERNELS:
+            as_is, turned = (10 * np.log10(1 / m) for m in misfits(data_dir, k))
+            kept = "rotated" if rotated(data_dir, k) else "as it is"
+            print(f"kernel {k}: as it is {as_is:.2f} dB, rotated {turned:.2f} dB: {kept}")
+        return 0
     codes: list[int] = []  # the runs' exit codes
     if not args.table:
         argvs = []

@@ -15,14 +15,14 @@ from tests.test_operators import HAVE_LEVIN, LEVIN
 from utils.config import parse
 
 SIZES = (19, 17, 15, 27, 13, 21, 23, 23)  # Levin's kernels 1 to 8
-ROTATED = (2, 5, 6, 7)  # stored as the rotation of the kernel that blurred (docs/RESULTS.md)
+ROTATED = (1, 2, 3, 5, 6, 7)  # stored as the rotation of the kernel that blurred (docs/RESULTS.md)
 
 
 def standin(root: Path, side: int = 96) -> Path:
     """Levin's layout (gt/imI.png, gt/kernelK.png, imI_kernelK_img.png) with camera crops and
     kernels of Levin's sizes (an anti-diagonal line, heavier at one end), each observation the
-    'valid' blur of a larger scene; kernels 2, 5, 6, 7 are stored rotated by 180°, as in the
-    set (clearly so for 5, 6, 7)."""
+    'valid' blur of a larger scene; all kernels but 4 and 8 are stored rotated by 180°, as in
+    the set."""
     from skimage.data import camera
 
     (root / "gt").mkdir(parents=True)
@@ -111,6 +111,14 @@ def test_the_true_kernel_is_oriented_by_the_observation(data_dir: Path, kernel: 
     """Kernel 6 of the set explains its observations as a correlation (its file is the rotation
     of the convolution's kernel), kernel 4 as a convolution; the stand-in copies that."""
     assert levin.rotated(data_dir, kernel) == (kernel in ROTATED)
+    as_is, turned = levin.misfits(data_dir, kernel)
+    assert max(as_is, turned) > 10 * min(as_is, turned)  # not a close call: > 10 dB apart
+
+
+def test_orientation_prints_every_kernel(data_dir: Path, capsys) -> None:
+    assert levin.main(["--data_dir", str(data_dir), "--orientation"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.endswith("rotated") for line in lines] == [k in ROTATED for k in range(1, 9)]
 
 
 def test_a_folder_without_the_set_is_one_line(tmp_path: Path, capsys) -> None:
