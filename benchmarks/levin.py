@@ -173,9 +173,10 @@ def blind_name(case: Case, true: int) -> str:
 
 def score(profile: Profile, data_dir: Path, out_dir: Path) -> list[dict]:
     """One row per finished case: PSNR/SSIM of the last iterates after the alignment and crop
-    (``align``, its search widened for an over-specified kernel: ``Case.max_shift``), the error
-    ratio, the estimated kernel's correlation with the true one, the blind run's unaligned PSNR
-    (on the whole crop, as its report has it)."""
+    (``align``, its search widened for an over-specified kernel: ``Case.max_shift``) and of the
+    blurred observation (Levin's search), the error ratio, the estimated kernel's correlation
+    with the true one, the blind run's unaligned PSNR (on the whole crop, as its report has
+    it)."""
     rows = []
     for case in profile.cases:
         size = true_size(data_dir, case.kernel)
@@ -185,11 +186,13 @@ def score(profile: Profile, data_dir: Path, out_dir: Path) -> list[dict]:
             continue
         m = case.max_shift(size)
         a, b = (align(r.image("last"), r.image("clean"), max_shift=m) for r in (blind, known))
+        blurred = align(known.image("noisy"), known.image("clean"))  # the observation itself
         report = blind.config()["report"]
         rows.append({
             "image": case.image, "kernel": case.kernel, "true_size": size,
             "kernel_rotated": rotated(data_dir, case.kernel),
             "given_size": case.given_size(size), "max_shift": m,
+            "blurred_psnr": round(blurred.psnr(), 2), "blurred_ssim": round(blurred.ssim(), 4),
             "blind_psnr": round(a.psnr(), 2), "blind_ssim": round(a.ssim(), 4),
             "deblur_psnr": round(b.psnr(), 2), "deblur_ssim": round(b.ssim(), 4),
             "error_ratio": round(error_ratio(a, b), 3),
@@ -200,19 +203,20 @@ def score(profile: Profile, data_dir: Path, out_dir: Path) -> list[dict]:
     return rows
 
 
-MEANS = ("blind_psnr", "blind_ssim", "deblur_psnr", "deblur_ssim", "error_ratio",
-         "kernel_correlation")  # fmt: skip
+MEANS = ("blurred_psnr", "blurred_ssim", "blind_psnr", "blind_ssim", "deblur_psnr",
+         "deblur_ssim", "error_ratio", "kernel_correlation")  # fmt: skip
 
 
 def table(rows: list[dict]) -> str:
     """Markdown: one line per case, then the means over the cases of the true kernel size."""
-    head = ["image", "kernel (size)", "given size", "SelfDeblur PSNR / SSIM",
+    head = ["image", "kernel (size)", "given size", "blurred PSNR / SSIM", "SelfDeblur PSNR / SSIM",
             "true kernel PSNR / SSIM", "error ratio", "kernel corr."]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def line(r: dict, image: str, kernel: str, size: str) -> str:
-        return (f"| {image} | {kernel} | {size} | {r['blind_psnr']:.2f} / {r['blind_ssim']:.3f} "
-                f"| {r['deblur_psnr']:.2f} / {r['deblur_ssim']:.3f} | {r['error_ratio']:.2f} | "
+        pairs = " | ".join(f"{r[f'{run}_psnr']:.2f} / {r[f'{run}_ssim']:.3f}"
+                           for run in ("blurred", "blind", "deblur"))  # fmt: skip
+        return (f"| {image} | {kernel} | {size} | {pairs} | {r['error_ratio']:.2f} | "
                 f"{r['kernel_correlation']:.3f} |")  # fmt: skip
 
     for r in rows:
