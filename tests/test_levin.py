@@ -46,8 +46,10 @@ def data_dir(tmp_path: Path) -> Path:
     return LEVIN if HAVE_LEVIN else standin(tmp_path / "levin")
 
 
-def test_full_profile_is_selfdeblurs_setting_on_all_32_cases(data_dir: Path, capsys) -> None:
-    assert levin.main(["--profile", "full", "--data_dir", str(data_dir), "--dry_run"]) == 0
+def test_full_profile_is_selfdeblurs_setting_on_all_32_cases(data_dir: Path, tmp_path,
+                                                              capsys) -> None:  # fmt: skip
+    argv = ["--profile", "full", "--data_dir", str(data_dir), "--out_dir", str(tmp_path)]
+    assert levin.main([*argv, "--dry_run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 64  # 32 blind runs and 32 with the true kernel
     cfgs = [parse(line.split()[2:]) for line in lines]
@@ -122,6 +124,6 @@ def test_orientation_prints_every_kernel(data_dir: Path, capsys) -> None:
 
 
 def test_a_folder_without_the_set_is_one_line(tmp_path: Path, capsys) -> None:
-    assert levin.main(["--data_dir", str(tmp_path), "--dry_run"]) == 2
+    assert levin.main(["--data_dir", str(tmp_path), "--out_dir", str(tmp_path), "--dry_run"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err
