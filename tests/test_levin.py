@@ -79,7 +79,9 @@ def test_the_quick_profiles_command_lines_are_accepted(data_dir: Path, tmp_path,
         parse(line.split()[2:]).check()
 
 
-def test_a_tiny_profile_runs_and_scores(data_dir: Path, tmp_path: Path, monkeypatch) -> None:
+def test_a_tiny_profile_runs_and_scores(
+    data_dir: Path, tmp_path: Path, monkeypatch, one_thread
+) -> None:
     """An exact and a 1.5x over-specified kernel size on one case (kernel 5, 13x13), 64x64
     crops, width 4, 4 iterations: three runs (the true-kernel run is shared), two rows."""
     tiny = levin.Profile((levin.Case(1, 5), levin.Case(1, 5, 1.5)), 4, 4, 64)

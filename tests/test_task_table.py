@@ -25,7 +25,7 @@ def test_every_row_variant_runs_on_every_setting(capsys) -> None:
     assert dop and all((c.lr_c, c.lr_c_scaling) == (1000, "sqrt") for c in dop)
 
 
-def test_a_tiny_table(tmp_path: Path, monkeypatch) -> None:
+def test_a_tiny_table(tmp_path: Path, monkeypatch, one_thread) -> None:
     """One setting (inpainting with 20% outliers) on one image, width 4, 4 iterations."""
     tiny = Profile("quick", 64, 4 / 128, 4 / 150_000, show_every=2, save_every=4)
     monkeypatch.setitem(tasks.PROFILES, "quick", tiny)
