@@ -33,13 +33,12 @@ from PIL import Image  # noqa: E402
 import denoising  # noqa: E402
 from utils.config import TASK_DEFAULTS, RunConfig  # noqa: E402
 from utils.io import atomic_write, save_csv  # noqa: E402
-from utils.metrics import align, error_ratio  # noqa: E402
+from utils.metrics import LEVIN_SHIFT, align, error_ratio  # noqa: E402
 from utils.rundir import RunDir  # noqa: E402
 
 IMAGES, KERNELS = range(1, 5), range(1, 9)
 SELFDEBLUR = TASK_DEFAULTS["blind-deblur"]  # Adam, lr 0.01, eta std 0.001, step milestones
 SELFDEBLUR_ITERS = 5000  # the length SelfDeblur's schedule (loss switch, milestones) is set for
-LEVIN_SHIFT = 5.0  # Levin et al.'s shift search range (px) for a kernel of the true size
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class Case:
     oversize: float = 1.0
 
     def given_size(self, true: int) -> int:
-        """The odd size nearest above true x oversize (the true size when oversize is 1)."""
+        """The odd size at or above round(true × oversize) (the true size when oversize is 1)."""
         n = round(true * self.oversize)
         return n + 1 - n % 2
 
