@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import denoising  # noqa: E402
+from utils import ArgumentParser, InputError  # noqa: E402
 from utils.config import TASK_DEFAULTS, RunConfig  # noqa: E402
 from utils.io import atomic_write, save_csv  # noqa: E402
 from utils.metrics import LEVIN_SHIFT, align, error_ratio  # noqa: E402
@@ -229,7 +230,15 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    try:
+        return run(argv)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(argv: list[str] | None) -> int:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--profile", choices=PROFILES, default="quick")
     p.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "levin"))
     p.add_argument("--out_dir", default=None, help="default: checkpoints/levin_PROFILE")
@@ -246,9 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     profile, data_dir = PROFILES[args.profile], Path(args.data_dir)
     out_dir = Path(args.out_dir or f"checkpoints/levin_{args.profile}")
     if not (data_dir / "gt" / "kernel1.png").is_file():
-        print(f"error: --data_dir {data_dir} does not hold Levin et al.'s set (gt/kernel1.png)",
-              file=sys.stderr)  # fmt: skip
-        return 2
+        raise InputError(f"--data_dir {data_dir} does not hold Levin et al.'s set (gt/kernel1.png)")
     if args.orientation:
         for k in KERNELS:
             as_is, turned = (10 * np.log10(1 / m) for m in misfits(data_dir, k))

@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import denoising  # noqa: E402
 from experiments import PAPER_IMAGES, PROFILES, VARIANTS  # noqa: E402
+from utils import ArgumentParser, InputError  # noqa: E402
 from utils.io import save_csv  # noqa: E402
 from utils.rundir import RunDir  # noqa: E402
 
@@ -102,7 +103,15 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    try:
+        return run(argv)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(argv: list[str] | None) -> int:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out_dir", default="checkpoints/tasks")
     p.add_argument("--data_dir", default=None)
     p.add_argument("--gpu", default=None)

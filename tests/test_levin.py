@@ -125,7 +125,9 @@ def test_orientation_prints_every_kernel(data_dir: Path, capsys) -> None:
     assert [line.endswith("rotated") for line in lines] == [k in ROTATED for k in range(1, 9)]
 
 
-def test_a_folder_without_the_set_is_one_line(tmp_path: Path, capsys) -> None:
-    assert levin.main(["--data_dir", str(tmp_path), "--out_dir", str(tmp_path), "--dry_run"]) == 2
+@pytest.mark.parametrize("bad", [["--data_dir", "DIR"], ["--profile", "huge"], ["--nope"]])
+def test_bad_input_is_one_line(tmp_path: Path, capsys, bad: list[str]) -> None:
+    bad = [str(tmp_path) if arg == "DIR" else arg for arg in bad]
+    assert levin.main([*bad, "--out_dir", str(tmp_path), "--dry_run"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "\n" not in err
+    assert err.startswith("error:") and "\n" not in err, err

@@ -45,3 +45,9 @@ def test_a_tiny_table(tmp_path: Path, monkeypatch, one_thread) -> None:
     ]
     for line in lines[2:]:  # inpainting with outliers only
         assert [c.strip(" |") == "–" for c in line.split(" | ")[1:]] == [True, False, True, True]
+
+
+def test_bad_input_is_one_line(capsys) -> None:
+    assert tasks.main(["--batch", "two"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--batch" in err and "\n" not in err, err
