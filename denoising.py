@@ -41,7 +41,8 @@ from utils.operators import Blur, Downsample, Identity, KernelNet, Mask, Operato
 from utils.rundir import RunDir
 from utils.seeding import derive_seed
 
-# Blind deblurring's image generator is SelfDeblur's skip net: 8 input channels, 16 skip channels.
+# Deblurring's image generator (blind or not) is SelfDeblur's skip net: 8 input channels, 16 skip
+# channels; non-blind deconvolution then differs from SelfDeblur by the known kernel only.
 SELFDEBLUR_SKIP = {"input_depth": 8, "skip": 16}
 # Settings that may differ between the runs of one batch (the others must be equal; the image
 # shape x, the prior's, is part of the batch key, so kernels of one batch have one size).
@@ -391,7 +392,7 @@ def fit_jobs(jobs: list[Job], progress: bool) -> list[int]:
     seeds = [j.cfg.seed for j in jobs]
     operator = make_operator(first.cfg, [j.data.mask for j in jobs],
                              [j.data.kernel for j in jobs], seeds)  # fmt: skip
-    options = SELFDEBLUR_SKIP if first.cfg.task == "blind-deblur" else {}
+    options = SELFDEBLUR_SKIP if first.cfg.task in DEBLUR else {}
     model = build_model(first.cfg, first.data.x_shape, seeds, operator, **options)
     y = first.data.y
     observers = build_observers(first.cfg, (len(jobs), *y.shape), torch.from_numpy(y).dtype)

@@ -1,30 +1,37 @@
 """The tasks beyond denoising at small scale: inpainting (50% of pixels kept) and x4
 super-resolution on the paper's images, without and with salt-and-pepper outliers on the
-observation, DIP (L2), DIP-L1 and DOP on the same observation (the same seed).
+observation, each variant of ROWS (DIP (L2), DIP-L1, DOP) on the same observation (the same seed).
 
     OMP_NUM_THREADS=1 python benchmarks/tasks.py --data_dir ../shared/data/denoising --gpu cpu
-    python benchmarks/tasks.py --table     # the markdown table of the finished runs
+    python benchmarks/tasks.py --table     # the table of the finished runs
 
 Every run is a denoising.py command line (printed with --dry_run); runs of one setting on the
-four images share one loop (denoising.run_batch), finished runs are reused and killed ones
-resumed. The quick profile of the paper's figures: 64x64 centre crops, width 16, 3000
-iterations, DOP's lr_c by the sqrt rule from 1000 (experiments.PROFILES["quick"]).
+images share one loop (denoising.run_batch), finished runs are reused and killed ones resumed.
+The quick profile of the paper's figures: 64x64 centre crops, width 16, 3000 iterations, DOP's
+lr_c by the sqrt rule from 1000 (experiments.PROFILES["quick"]). The table (one row per variant,
+the mean last-iterate PSNR over the images) goes to stdout, every run's scores to --csv.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 import denoising  # noqa: E402
 from experiments import PAPER_IMAGES, PROFILES, VARIANTS  # noqa: E402
+from utils import ArgumentParser, InputError  # noqa: E402
+from utils.io import save_csv  # noqa: E402
+from utils.rundir import RunDir  # noqa: E402
 
 TASKS = {"inpaint": ["--task", "inpaint", "--keep", "0.5"], "sr": ["--task", "sr", "--factor", "4"]}
 OUTLIERS = (0.0, 0.2)  # salt-and-pepper fraction of the observed entries
+# The table's rows: keys of experiments.VARIANTS, whose settings each run takes. A new prior (the
+# deep decoder, the random projector, the lottery prior) is one more entry there and here.
+ROWS = ("dip", "dip-l1", "dop")
 
 
 def name(task: str, nlevel: float, variant: str, image: str) -> str:
@@ -37,7 +44,8 @@ def runs(images=PAPER_IMAGES) -> list[tuple[str, float, str, str, list[str]]]:
     out = []
     for task, task_args in TASKS.items():
         for nlevel in OUTLIERS:
-            for variant, settings in VARIANTS.items():
+            for variant in ROWS:
+                settings = VARIANTS[variant]
                 for image in images:
                     argv = [*task_args, "--image", image, "--nlevel", f"{nlevel:g}",
                             "--crop", str(quick.crop), "--width", str(quick.width(128)),
@@ -46,36 +54,64 @@ def runs(images=PAPER_IMAGES) -> list[tuple[str, float, str, str, list[str]]]:
                             str(quick.save_every), "--quiet",
                             "--ckpt", name(task, nlevel, variant, image)]  # fmt: skip
                     argv += [arg for key, value in settings.items() for arg in (f"--{key}", value)]
-                    if variant == "dop":
+                    if settings["method"] == "dop":
                         argv += ["--lr_c", f"{quick.lr_c:g}", "--lr_c_scaling", quick.lr_c_scaling]
                     out.append((task, nlevel, variant, image, argv))
     return out
 
 
-def table(out_dir: Path, images=PAPER_IMAGES) -> str:
-    """Last-iterate PSNR (dB) per task, outlier level and variant: the mean over the images and
-    each image's, with the observation's PSNR (sr: its bicubic upsampling)."""
-    lines = ["| task | outliers | input | " + " | ".join(VARIANTS) + " |",
-             "|---|---|---|" + "---|" * len(VARIANTS)]  # fmt: skip
-    for task in TASKS:
-        for nlevel in OUTLIERS:
-            cells, inputs = [], []
-            for variant in VARIANTS:
-                values = []
-                for image in images:
-                    path = out_dir / f"{name(task, nlevel, variant, image)}_config.json"
-                    if path.is_file():
-                        report = json.loads(path.read_text())["report"]
-                        values.append(report["final_psnr"])
-                        inputs.append(report["noisy_psnr"])
-                cells.append(f"{sum(values) / len(values):.2f}" if values else "–")
-            shown = f"{sum(inputs) / len(inputs):.2f}" if inputs else "–"
-            lines.append(f"| {task} | {nlevel:.0%} | {shown} | " + " | ".join(cells) + " |")
+# The CSV's columns from each run's report (config.json); the last is an oracle (the clean image).
+REPORTED = {"observation_psnr": "noisy_psnr", "final_psnr": "final_psnr",
+            "final_ssim": "final_ssim",
+            "oracle_best_psnr": "oracle_best_psnr_vs_clean"}  # fmt: skip
+
+
+def scores(out_dir: Path, images=PAPER_IMAGES) -> list[dict]:
+    """Every finished run's last-iterate PSNR/SSIM, its observation's PSNR (sr: the bicubic
+    upsampling) and the best PSNR over the logged rows (an oracle: it uses the clean image)."""
+    rows = []
+    for task, nlevel, variant, image, _ in runs(images):
+        config = RunDir(out_dir, name(task, nlevel, variant, image)).config()
+        if config is not None:
+            report = config["report"]
+            run = {"task": task, "outliers": nlevel, "variant": variant, "image": image}
+            rows.append(run | {key: round(report[field], 4) for key, field in REPORTED.items()})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: a row per variant (and one for the observation, the same for every variant), a
+    column per task and outlier level; each cell the mean last-iterate PSNR (dB) over the images
+    that finished (their count in brackets when some did not)."""
+    columns = [(task, nlevel) for task in TASKS for nlevel in OUTLIERS]
+    images = {r["image"] for r in rows}
+
+    def cell(key: str, variant: str, column: tuple[str, float]) -> str:
+        values = [r[key] for r in rows if (r["variant"], r["task"], r["outliers"]) ==
+                  (variant, *column)]  # fmt: skip
+        count = "" if len(values) == len(images) else f" ({len(values)})"
+        return f"{sum(values) / len(values):.2f}{count}" if values else "–"
+
+    lines = ["| | " + " | ".join(f"{t}, {p:.0%} outliers" for t, p in columns) + " |",
+             "|---|" + "---|" * len(columns),
+             "| observation | " + " | ".join(cell("observation_psnr", ROWS[0], c)
+                                            for c in columns) + " |"]  # fmt: skip
+    for variant in ROWS:
+        lines.append(f"| {variant} | " + " | ".join(cell("final_psnr", variant, c)
+                                                   for c in columns) + " |")  # fmt: skip
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    try:
+        return run(argv)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(argv: list[str] | None) -> int:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out_dir", default="checkpoints/tasks")
     p.add_argument("--data_dir", default=None)
     p.add_argument("--gpu", default=None)
@@ -84,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--table", action="store_true", help="print the table only")
     p.add_argument("--dry_run", action="store_true", help="print the command lines only")
+    p.add_argument("--csv", default=str(ROOT / "docs" / "tasks_quick.csv"))
     args = p.parse_args(argv)
     out_dir, images = Path(args.out_dir), args.images.split(",")
     if not args.table:
@@ -104,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         codes = denoising.run_batch(argvs, args.batch)
         if any(codes):
             print(f"{sum(c != 0 for c in codes)} runs failed", file=sys.stderr)
-    print(table(out_dir, images))
+    rows = scores(out_dir, images)
+    if rows:
+        save_csv(Path(args.csv), list(rows[0]), (r.values() for r in rows))
+    print(table(rows))
     return 0
 
 

@@ -44,3 +44,14 @@ def image_crop(size: int) -> np.ndarray:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def one_thread(monkeypatch) -> None:
+    """One torch thread here and in any process a test starts: the same arithmetic on both
+    sides, and no two-thread runs contending for the CPU of a small, shared machine."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import submitit
-import torch
 
 import denoising
 import launcher
@@ -35,17 +34,6 @@ def local_executor(folder: Path) -> submitit.LocalExecutor:
     executor = submitit.LocalExecutor(folder)
     executor.update_parameters(timeout_min=30, stderr_to_stdout=True)
     return executor
-
-
-@pytest.fixture
-def one_thread(monkeypatch) -> None:
-    """One torch thread here and in the jobs' processes: the same arithmetic on both sides, and
-    no two-thread processes contending for the CPU of a small machine."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def assert_same_run(a: RunDir, b: RunDir) -> None:

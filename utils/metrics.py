@@ -6,11 +6,14 @@ logged rows, and only when a clean image exists.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.ndimage import shift
 from torch import Tensor
 
 
@@ -85,3 +88,82 @@ def kernel_correlation(estimate: np.ndarray, true: np.ndarray) -> float:
 
     a, b = np.asarray(estimate, np.float64), np.asarray(true, np.float64)
     return float(correlate(a, b, mode="full").max() / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@dataclass(frozen=True)
+class Aligned:
+    """An estimate aligned to its reference by ``align``: the two scored crops (C, h, w), the
+    shift applied to the estimate (rows, columns; ``scipy.ndimage.shift``'s sign: the content
+    moves by +shift) and the sum of squared differences of the crops."""
+
+    estimate: np.ndarray
+    reference: np.ndarray
+    shift: tuple[float, float]
+    ssd: float
+
+    def psnr(self, data_range: float = 1.0) -> float:
+        """10 log10(range² / (ssd / n)) over the n entries of the crops (∞ when ssd = 0)."""
+        if self.ssd == 0:
+            return math.inf
+        return float(10 * np.log10(data_range**2 * self.reference.size / self.ssd))
+
+    def ssim(self, data_range: float = 1.0) -> float:
+        pair = [torch.from_numpy(a)[None] for a in (self.estimate, self.reference)]
+        return ssim(*pair, data_range).item()
+
+
+# Levin et al.'s evaluation (comp_upto_shift.m): border cropped, shift range and step, in pixels.
+LEVIN_BORDER, LEVIN_SHIFT, LEVIN_STEP = 15, 5.0, 0.25
+
+
+def align(estimate: np.ndarray, reference: np.ndarray, border: int = LEVIN_BORDER,
+          max_shift: float = LEVIN_SHIFT, step: float = LEVIN_STEP) -> Aligned:  # fmt: skip
+    """Levin et al.'s evaluation of blind deblurring (CVPR 2009, ``comp_upto_shift.m``; used by
+    SelfDeblur): the estimate x̂ shifted by the t that minimises the sum of squared differences
+
+        SSD(t) = Σ_{p ∈ Ω} (x̂(p − t) − x(p))²,   t ∈ {−m, −m + s, …, m}²,
+
+    over Ω, the reference without a border of ``border`` pixels on every side, then both cropped
+    to Ω. Blind deblurring recovers x and k only up to a shift (x(· − t) ∗ k(· + t) = x ∗ k), so
+    a shifted estimate is not an error. Levin et al.'s setting is the default: border 15,
+    m = 5 px, s = 0.25 px (41² shifts), bilinear interpolation (MATLAB's ``interp2``), so that
+    scores compare with published ones; a kernel of the true size leaves the estimate a few
+    pixels off at most, an over-specified one can leave it further (pass a larger m, ≤ border).
+
+    x̂(p − t) is ``scipy.ndimage.shift(x̂, t, order=1)`` (bilinear, as Levin's code), computed as
+    an integer shift (a slice) of x̂ shifted by t's fractional part: the same numbers (bilinear
+    weights depend on the fractional part only) from 1/s² SciPy calls instead of (2m/s + 1)².
+    With m ≤ border every pixel read lies inside the image, so the boundary mode never matters.
+    ``estimate`` and ``reference``: (H, W) or (C, H, W) of one shape, any H, W > 2·border."""
+    est, ref = (np.asarray(a, np.float64) for a in (estimate, reference))
+    if est.shape != ref.shape:
+        raise ValueError(f"the estimate is {est.shape} but the reference {ref.shape}")
+    est, ref = (a[None] if a.ndim == 2 else a for a in (est, ref))
+    h, w = ref.shape[-2:]
+    if max_shift > border or min(h, w) <= 2 * border:
+        raise ValueError(f"need max_shift <= border < side / 2, got {max_shift}, {border}, {h}x{w}")
+    target = ref[:, border : h - border, border : w - border]
+    offsets = np.arange(round(2 * max_shift / step) + 1) * step - max_shift
+    moved: dict[tuple[float, float], np.ndarray] = {}
+    best = Aligned(est, ref, (0.0, 0.0), math.inf)
+    for dy in offsets:
+        for dx in offsets:
+            (ny, fy), (nx, fx) = ((int(math.floor(d)), d - math.floor(d)) for d in (dy, dx))
+            if (fy, fx) not in moved:
+                moved[fy, fx] = shift(est, (0, fy, fx), order=1, mode="nearest", prefilter=False)
+            crop = moved[fy, fx][:, border - ny : h - border - ny, border - nx : w - border - nx]
+            ssd = float(((crop - target) ** 2).sum())
+            if ssd < best.ssd:
+                best = Aligned(crop, target, (float(dy), float(dx)), ssd)
+    return best
+
+
+def error_ratio(estimate: Aligned, true_kernel: Aligned) -> float:
+    """Levin et al.'s error ratio SSD(x̂) / SSD(x̂_k): the aligned error of a blind estimate over
+    that of the non-blind deconvolution with the true kernel (each ``align``-ed on its own), a
+    ratio of squared norms ‖x̂ − x‖² / ‖x̂_k − x‖² as in their code and tables (success: below
+    2 or 3); its square root is the ratio of the norms. 1 when both errors are equal (0/0
+    included), infinite when only the reference is exact."""
+    if estimate.ssd == true_kernel.ssd:
+        return 1.0
+    return estimate.ssd / true_kernel.ssd if true_kernel.ssd > 0 else math.inf

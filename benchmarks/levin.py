@@ -1,0 +1,291 @@
+"""Blind deblurring on Levin et al.'s set (CVPR 2009: 4 gray images x 8 motion kernels, from
+SelfDeblur's repository; ../shared/data/levin). For each case, SelfDeblur (--task blind-deblur,
+its settings, the kernel size given = the true kernel's, or larger for an over-specified case)
+and non-blind deconvolution with the true kernel by the same engine and image generator (--task
+deblur), both scored as Levin et al. score them (utils.metrics.align: the sub-pixel shift that
+best aligns the estimate with the ground truth, then a 15-pixel border crop), with the error
+ratio SSD(blind) / SSD(true kernel) (utils.metrics.error_ratio).
+
+    OMP_NUM_THREADS=1 python benchmarks/levin.py --profile quick --gpu cpu   # a 2-core CPU
+    python benchmarks/levin.py --profile full --gpu 0     # SelfDeblur's setting, for a GPU
+    python benchmarks/levin.py --profile full --dry_run   # its denoising.py command lines
+    python benchmarks/levin.py --profile quick --table    # score the finished runs only
+
+Every run is a denoising.py command line run by denoising.run_batch: finished runs are reused,
+killed ones resumed. The table goes to stdout and to --csv (default docs/levin_PROFILE.csv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import denoising  # noqa: E402
+from utils import ArgumentParser, InputError  # noqa: E402
+from utils.config import TASK_DEFAULTS, RunConfig  # noqa: E402
+from utils.io import atomic_write, save_csv  # noqa: E402
+from utils.metrics import LEVIN_SHIFT, align, error_ratio  # noqa: E402
+from utils.rundir import RunDir  # noqa: E402
+
+IMAGES, KERNELS = range(1, 5), range(1, 9)
+SELFDEBLUR = TASK_DEFAULTS["blind-deblur"]  # Adam, lr 0.01, eta std 0.001, step milestones
+SELFDEBLUR_ITERS = 5000  # the length SelfDeblur's schedule (loss switch, milestones) is set for
+
+
+@dataclass(frozen=True)
+class Case:
+    """Image ``image`` blurred by kernel ``kernel``; ``oversize``: the kernel size given to the
+    blind run over the true one (1: SelfDeblur's setting; Zhuang et al. over-specify it)."""
+
+    image: int
+    kernel: int
+    oversize: float = 1.0
+
+    def given_size(self, true: int) -> int:
+        """The odd size at or above round(true × oversize) (the true size when oversize is 1)."""
+        n = round(true * self.oversize)
+        return n + 1 - n % 2
+
+    def max_shift(self, true: int) -> float:
+        """Levin's 5 px, plus the room an over-specified kernel leaves the estimate to sit
+        off-centre in its box (x shifts by as much as the kernel, the other way)."""
+        return LEVIN_SHIFT + (self.given_size(true) - true) / 2
+
+
+@dataclass(frozen=True)
+class Profile:
+    cases: tuple[Case, ...]
+    width: int
+    num_iter: int
+    crop: int | None  # centre crop of the observation and the ground truth
+
+
+PROFILES = {
+    # SelfDeblur's setting: every case, width 128, 5000 iterations, whole images (a GPU's job).
+    "full": Profile(tuple(Case(i, k) for i in IMAGES for k in KERNELS), 128, 5000, None),
+    # A 2-core CPU: one kernel per image (sizes 13 to 27) and one over-specified size, on
+    # 128 x 128 centre crops, width 16, 3000 iterations (README "Tasks", docs/RESULTS.md).
+    "quick": Profile(
+        (Case(1, 5), Case(2, 1), Case(3, 4), Case(4, 8), Case(2, 1, 1.8)), 16, 3000, 128
+    ),
+}
+
+
+def true_size(data_dir: Path, kernel: int) -> int:
+    with Image.open(data_dir / "gt" / f"kernel{kernel}.png") as img:
+        return img.size[0]
+
+
+def load(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img, np.float64) / 255
+
+
+@functools.cache
+def misfits(data_dir: Path, kernel: int) -> tuple[float, float]:
+    """How well a kernel file explains its observations y_i of the sharp images x_i, as it is
+    and rotated by 180°: mean_i min_t mean((y_i − (x_i ∗ k)(· − t))²) over integer shifts
+    |t| ≤ 6, 20 pixels in from the border (∗ a true convolution, as ``convolve_valid``)."""
+    from scipy.signal import fftconvolve
+
+    k = load(data_dir / "gt" / f"kernel{kernel}.png")
+    inner = (slice(20, -20),) * 2
+    pairs = [[load(data_dir / name) for name in (f"gt/im{i}.png", f"im{i}_kernel{kernel}_img.png")]
+             for i in IMAGES]  # fmt: skip
+
+    def misfit(k: np.ndarray, x: np.ndarray, y: np.ndarray) -> float:
+        blurred = fftconvolve(x, k / k.sum(), mode="same")
+        return min(float(np.mean((np.roll(blurred, t, (0, 1))[inner] - y[inner]) ** 2))
+                   for t in itertools.product(range(-6, 7), repeat=2))  # fmt: skip
+
+    as_is, turned = (float(np.mean([misfit(c, *p) for p in pairs])) for c in (k, k[::-1, ::-1]))
+    return as_is, turned
+
+
+def rotated(data_dir: Path, kernel: int) -> bool:
+    """Whether a true kernel, as this code's forward model uses it, is the file's 180° rotation:
+    whether the rotation explains the kernel's observations better (``misfits``). A 'valid' blur
+    here is a true convolution, and SelfDeblur's copy of the set stores its kernels in either
+    orientation (kernels 4 and 8 as convolutions, the others as correlations: docs/RESULTS.md).
+    It uses the sharp images, as the true kernel is ground truth too."""
+    as_is, turned = misfits(data_dir, kernel)
+    return turned < as_is
+
+
+def true_kernel(data_dir: Path, kernel: int, out_dir: Path) -> Path:
+    """OUT_DIR/kernels/kernelK.png: the kernel file in the orientation of ``rotated`` (its
+    pixels rotated, not resampled), the --kernel of the kernel's runs."""
+    path = out_dir / "kernels" / f"kernel{kernel}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(data_dir / "gt" / f"kernel{kernel}.png") as img:
+        turn = rotated(data_dir, kernel)
+        kept = img.transpose(Image.Transpose.ROTATE_180) if turn else img.copy()
+    atomic_write(path, lambda f: kept.save(f, format="PNG"))
+    return path
+
+
+def schedule(num_iter: int) -> list[str]:
+    """SelfDeblur's l2-then-SSIM loss and step schedule, scaled from 5000 to ``num_iter``."""
+    scale = num_iter / SELFDEBLUR_ITERS
+    milestones = (round(int(m) * scale) for m in SELFDEBLUR["lr_milestones"].split(","))
+    switch = round(RunConfig().loss_switch * scale)
+    return ["--loss", "l2_then_ssim", "--loss_switch", str(switch),
+            "--lr_milestones", ",".join(map(str, milestones))]  # fmt: skip
+
+
+def runs(profile: Profile, data_dir: Path, out_dir: Path) -> dict[str, list[str]]:
+    """The denoising.py arguments of every run by its name: each case's blind run and its
+    image-and-kernel's non-blind run (shared by an exact and an over-specified case). Writes
+    the true kernels they name (``true_kernel``)."""
+    out = {}
+    for case in profile.cases:
+        i, k, size = case.image, case.kernel, true_size(data_dir, case.kernel)
+        show = max(1, profile.num_iter // 20)  # logged rows; a checkpoint every 5
+        common = ["--observed", str(data_dir / f"im{i}_kernel{k}_img.png"),
+                  "--clean", str(data_dir / "gt" / f"im{i}.png"), "--method", "dip",
+                  "--width", str(profile.width), "--num_iter", str(profile.num_iter),
+                  "--show_every", str(show), "--save_every", str(5 * show), "--quiet",
+                  *schedule(profile.num_iter)]  # fmt: skip
+        common += [] if profile.crop is None else ["--crop", str(profile.crop)]
+        kernel = ["--kernel", str(true_kernel(data_dir, k, out_dir))]
+        blind = ["--task", "blind-deblur", "--kernel_size", str(case.given_size(size))]
+        out[blind_name(case, size)] = [*common, *blind, *kernel, "--ckpt", blind_name(case, size)]
+        keys = ("alg", "lr", "reg_noise_std")  # SelfDeblur's, which --task deblur leaves unset
+        optimizer = [a for key in keys for a in (f"--{key}", str(SELFDEBLUR[key]))]
+        out[f"deblur_im{i}_k{k}"] = [*common, "--task", "deblur", *kernel, *optimizer,
+                                     "--ckpt", f"deblur_im{i}_k{k}"]  # fmt: skip
+    return out
+
+
+def blind_name(case: Case, true: int) -> str:
+    return f"blind_im{case.image}_k{case.kernel}_n{case.given_size(true)}"
+
+
+def score(profile: Profile, data_dir: Path, out_dir: Path) -> list[dict]:
+    """One row per finished case: PSNR/SSIM of the last iterates after the alignment and crop
+    (``align``, its search widened for an over-specified kernel: ``Case.max_shift``) and of the
+    blurred observation (Levin's search), the error ratio, the estimated kernel's correlation
+    with the true one, the blind run's unaligned PSNR (on the whole crop, as its report has
+    it)."""
+    rows = []
+    for case in profile.cases:
+        size = true_size(data_dir, case.kernel)
+        blind = RunDir(out_dir, blind_name(case, size))
+        known = RunDir(out_dir, f"deblur_im{case.image}_k{case.kernel}")
+        if blind.config() is None or known.config() is None:
+            continue
+        m = case.max_shift(size)
+        a, b = (align(r.image("last"), r.image("clean"), max_shift=m) for r in (blind, known))
+        blurred = align(known.image("noisy"), known.image("clean"))  # the observation itself
+        report = blind.config()["report"]
+        rows.append({
+            "image": case.image, "kernel": case.kernel, "true_size": size,
+            "kernel_rotated": rotated(data_dir, case.kernel),
+            "given_size": case.given_size(size), "max_shift": m,
+            "blurred_psnr": round(blurred.psnr(), 2), "blurred_ssim": round(blurred.ssim(), 4),
+            "blind_psnr": round(a.psnr(), 2), "blind_ssim": round(a.ssim(), 4),
+            "deblur_psnr": round(b.psnr(), 2), "deblur_ssim": round(b.ssim(), 4),
+            "error_ratio": round(error_ratio(a, b), 3),
+            "kernel_correlation": round(report["kernel_correlation"], 3),
+            "blind_shift_rows": a.shift[0], "blind_shift_cols": a.shift[1],
+            "blind_psnr_unaligned": round(report["final_psnr"], 2),
+        })  # fmt: skip
+    return rows
+
+
+MEANS = ("blurred_psnr", "blurred_ssim", "blind_psnr", "blind_ssim", "deblur_psnr",
+         "deblur_ssim", "error_ratio", "kernel_correlation")  # fmt: skip
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per case, then the means over the cases of the true kernel size."""
+    head = ["image", "kernel (size)", "given size", "blurred PSNR / SSIM", "SelfDeblur PSNR / SSIM",
+            "true kernel PSNR / SSIM", "error ratio", "kernel corr."]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def line(r: dict, image: str, kernel: str, size: str) -> str:
+        pairs = " | ".join(f"{r[f'{run}_psnr']:.2f} / {r[f'{run}_ssim']:.3f}"
+                           for run in ("blurred", "blind", "deblur"))  # fmt: skip
+        return (f"| {image} | {kernel} | {size} | {pairs} | {r['error_ratio']:.2f} | "
+                f"{r['kernel_correlation']:.3f} |")  # fmt: skip
+
+    for r in rows:
+        lines.append(line(r, f"im{r['image']}", f"{r['kernel']} ({r['true_size']})",
+                          str(r["given_size"])))  # fmt: skip
+    exact = [r for r in rows if r["given_size"] == r["true_size"]]
+    if exact:
+        mean = {key: float(np.mean([r[key] for r in exact])) for key in MEANS}
+        lines.append(line(mean, f"mean of {len(exact)}", "", "true"))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def run(argv: list[str] | None) -> int:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--profile", choices=PROFILES, default="quick")
+    p.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "levin"))
+    p.add_argument("--out_dir", default=None, help="default: checkpoints/levin_PROFILE")
+    p.add_argument("--csv", default=None, help="default: docs/levin_PROFILE.csv")
+    p.add_argument("--gpu", default=None)
+    p.add_argument("--only", default=None, help="run only the runs whose name contains this")
+    p.add_argument("--batch", type=int, default=1, help="runs of one shape sharing a loop")
+    p.add_argument("--table", action="store_true", help="score the finished runs only")
+    p.add_argument("--dry_run", action="store_true", help="print the command lines only")
+    p.add_argument("--orientation", action="store_true",
+                   help="print how well each kernel file explains its observations, as it is "
+                   "and rotated (PSNR of the best-shifted blur of the sharp image)")  # fmt: skip
+    args = p.parse_args(argv)
+    profile, data_dir = PROFILES[args.profile], Path(args.data_dir)
+    out_dir = Path(args.out_dir or f"checkpoints/levin_{args.profile}")
+    if not (data_dir / "gt" / "kernel1.png").is_file():
+        raise InputError(f"--data_dir {data_dir} does not hold Levin et al.'s set (gt/kernel1.png)")
+    if args.orientation:
+        for k in KERNELS:
+            as_is, turned = (10 * np.log10(1 / m) for m in misfits(data_dir, k))
+            kept = "rotated" if rotated(data_dir, k) else "as it is"
+            print(f"kernel {k}: as it is {as_is:.2f} dB, rotated {turned:.2f} dB: {kept}")
+        return 0
+    codes: list[int] = []  # the runs' exit codes
+    if not args.table:
+        argvs = []
+        for name, run in runs(profile, data_dir, out_dir).items():
+            if args.only is not None and args.only not in name:
+                continue
+            run = [*run, "--out_dir", str(out_dir)]
+            run += [] if args.gpu is None else ["--gpu", args.gpu]
+            if RunDir(out_dir, name).path("state").is_file():
+                run.append("--resume")
+            argvs.append(run)
+        if args.dry_run:
+            print("\n".join("python denoising.py " + " ".join(a) for a in argvs))
+            return 0
+        codes = denoising.run_batch(argvs, args.batch)
+        if any(codes):
+            print(f"error: {sum(c != 0 for c in codes)} runs failed", file=sys.stderr)
+    rows = score(profile, data_dir, out_dir)
+    if rows:
+        csv = Path(args.csv or ROOT / "docs" / f"levin_{args.profile}.csv")
+        save_csv(csv, list(rows[0]), (r.values() for r in rows))
+    print(table(rows))
+    return 1 if any(codes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
