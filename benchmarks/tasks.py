@@ -1,13 +1,14 @@
 """The tasks beyond denoising at small scale: inpainting (50% of pixels kept) and x4
 super-resolution on the paper's images, without and with salt-and-pepper outliers on the
-observation, each variant of ROWS (DIP (L2), DIP-L1, DOP) on the same observation (the same seed).
+observation, each variant of ROWS (DIP (L2), DIP-L1, DOP, the random projector) on the same
+observation (the same seed).
 
     OMP_NUM_THREADS=1 python benchmarks/tasks.py --data_dir ../shared/data/denoising --gpu cpu
     python benchmarks/tasks.py --table     # the table of the finished runs
 
 Every run is a denoising.py command line (printed with --dry_run); runs of one setting on the
 images share one loop (denoising.run_batch), finished runs are reused and killed ones resumed.
-The quick profile of the paper's figures: 64x64 centre crops, width 16, 3000 iterations, DOP's
+The quick profile of the paper's figures: 64x64 centre crops, width / 8, 3000 iterations, DOP's
 lr_c by the sqrt rule from 1000 (experiments.PROFILES["quick"]). The table (one row per variant,
 the mean last-iterate PSNR over the images) goes to stdout, every run's scores to --csv.
 """
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import denoising  # noqa: E402
-from experiments import PAPER_IMAGES, PROFILES, VARIANTS  # noqa: E402
+from experiments import PAPER_IMAGES, PROFILES, VARIANTS, Run  # noqa: E402
 from utils import ArgumentParser, InputError  # noqa: E402
 from utils.io import save_csv  # noqa: E402
 from utils.rundir import RunDir  # noqa: E402
@@ -31,7 +32,7 @@ TASKS = {"inpaint": ["--task", "inpaint", "--keep", "0.5"], "sr": ["--task", "sr
 OUTLIERS = (0.0, 0.2)  # salt-and-pepper fraction of the observed entries
 # The table's rows: keys of experiments.VARIANTS, whose settings each run takes. A new prior (the
 # deep decoder, the random projector, the lottery prior) is one more entry there and here.
-ROWS = ("dip", "dip-l1", "dop")
+ROWS = ("dip", "dip-l1", "dop", "drp")
 
 
 def name(task: str, nlevel: float, variant: str, image: str) -> str:
@@ -46,9 +47,10 @@ def runs(images=PAPER_IMAGES) -> list[tuple[str, float, str, str, list[str]]]:
         for nlevel in OUTLIERS:
             for variant in ROWS:
                 settings = VARIANTS[variant]
+                width = quick.width(Run("", nlevel, variant).paper_width())  # the prior's
                 for image in images:
                     argv = [*task_args, "--image", image, "--nlevel", f"{nlevel:g}",
-                            "--crop", str(quick.crop), "--width", str(quick.width(128)),
+                            "--crop", str(quick.crop), "--width", str(width),
                             "--num_iter", str(quick.num_iter(150_000)),
                             "--show_every", str(quick.show_every), "--save_every",
                             str(quick.save_every), "--quiet",
