@@ -222,3 +222,12 @@ class LipPrior(SkipPrior):
     @classmethod
     def options(cls, cfg: Any) -> dict[str, Any]:
         return {} if cfg.mask is None else {"ticket": load_ticket(cfg.mask)}
+
+
+def trained_count(ticket: Ticket) -> int:
+    """``LipPrior.count_trained`` of a run of ``ticket`` on the net it was found on (its width and
+    channel count, read from the output convolution): the surviving convolution weights plus
+    every bias and BatchNorm parameter. It depends on neither the image's size nor the run."""
+    channels, width = ticket.mask["head.0.weight"].shape[:2]
+    side = 2**SCALES  # the smallest image the 5-scale net takes
+    return LipPrior((channels, side, side), width=width, ticket=ticket).count_trained()
