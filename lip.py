@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -96,6 +97,16 @@ def parse_find(argv: list[str] | None) -> tuple[RunConfig, list[str], dict]:
         if failed:
             raise InputError(message)
     return cfg, [name for name in images if name] or [cfg.image], imp
+
+
+def check_same_search(path: Path, argv: list[str]) -> None:
+    """InputError unless the IMP record ``path`` (OUT_DIR/CKPT_imp.json) was made with the
+    settings of the lip.py command line ``argv`` (iterations, rounds and target included)."""
+    cfg, _, imp = parse_find(argv)
+    saved = json.loads(Path(path).read_text())
+    advice = "delete the search's files or choose another folder"
+    check_same(path, saved["settings"], cfg.defining() | {"num_iter": cfg.num_iter}, advice)
+    check_same(path, saved["imp"], imp, advice)
 
 
 def mask_path(out_dir: Path | str, ckpt: str, kind: str, round_: int) -> Path:

@@ -34,13 +34,16 @@ from typing import Any
 import baselines
 import denoising
 import launcher
+import lip
 import plot
 from experiments import (
     COMPARE_VARIANTS,
     DEFAULT_CASES,
     FIGURE_NAMES,
+    LIP_MASKS,
     PROFILES,
     Case,
+    MaskSearch,
     Profile,
     Run,
     check_names,
@@ -61,7 +64,7 @@ def run_state(run: Run, profile: Profile, out_dir: Path) -> str:
     rundir = RunDir(out_dir, run.ckpt(profile))
     record = rundir.config()
     if record is not None:
-        wanted = parse(run.args(profile)).with_defaults().defining()
+        wanted = parse(run.args(profile, out_dir)).with_defaults().defining()
         advice = "delete the run's files or choose another --out_dir"
         check_same(rundir.path("config"), record["settings"], wanted, advice)
         report = record["report"]
@@ -75,7 +78,7 @@ def run_state(run: Run, profile: Profile, out_dir: Path) -> str:
 def run_argv(run: Run, profile: Profile, action: str, out_dir: Path, data_dir: Path,
              gpu: str | None, fast: bool = False) -> list[str]:  # fmt: skip
     """The denoising.py arguments for ``run``; a start over leftovers of a killed run overwrites."""
-    argv = run.args(profile) + ["--out_dir", str(out_dir.resolve())]
+    argv = run.args(profile, out_dir) + ["--out_dir", str(out_dir.resolve())]
     argv += ["--data_dir", str(data_dir.resolve())]  # absolute: subprocesses run in ROOT
     argv += ([] if gpu is None else ["--gpu", gpu]) + (["--fast"] if fast else [])
     if action == "resume":
@@ -188,6 +191,50 @@ def run_baselines(cases: tuple[Case, ...], profile: Profile, out_dir: Path, data
         save_json(path, {"case": case.label, "sigma_given": sigma, "baselines": rows})
 
 
+def find_masks(
+    search: MaskSearch,
+    profile: Profile,
+    out_dir: Path,
+    data_dir: Path,
+    gpus: tuple[str, ...] | None = None,
+    fast: bool = False,
+    executor: Any = None,
+    wait: bool = False,
+) -> str:
+    """The set's mask search (``experiments.MaskSearch``, lip.py): found once, before the runs
+    that train its mask, and reused (refused when made with other settings). Here, or with an
+    ``executor`` as one job (``launcher.Script``), which a later call finds in flight. Returns
+    "ready" when the mask is there (found earlier, here, or by a job waited for), else
+    "submitted" or "in flight"; InputError when the search fails."""
+    ckpt = search.ckpt(profile)
+    argv = search.args(profile) + ["--out_dir", str(out_dir.resolve()),
+                                   "--data_dir", str(data_dir.resolve())]  # fmt: skip
+    argv += ([] if gpus is None else ["--gpu", gpus[0]]) + (["--fast"] if fast else [])
+    record = out_dir / f"{ckpt}_imp.json"
+    if record.is_file():
+        lip.check_same_search(record, argv)
+        return "ready"
+    argv.append("--overwrite")  # over the rounds a killed search left
+    log = out_dir / f"{ckpt}.log"
+    if executor is None:
+        print(f"mask search {ckpt}", flush=True)
+        if lip.main(argv) != 0:
+            raise InputError(f"the mask search {ckpt} failed")
+        return "ready"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    busy = bool(launcher.in_flight(executor, [ckpt]))
+    if busy:
+        job = launcher.job_of(executor, ckpt)
+    else:
+        job = launcher.submit_script(executor, ckpt, launcher.Script("lip", tuple(argv)), log)
+    if not wait:
+        return "in flight" if busy else "submitted"
+    launcher.wait([job])
+    if not record.is_file():
+        raise InputError(f"the mask search {ckpt} failed: see {log}")
+    return "ready"
+
+
 def submit_all(
     todo: list[tuple[Run, str]],
     profile: Profile,
@@ -255,8 +302,16 @@ def reproduce(
     else:
         if "compare" in check_names(names):
             run_baselines((DEFAULT_CASES | (cases or {}))["compare"], profile, out_dir, data_dir)
+        masked, search = [r for r in runs if r.needs_mask()], "ready"
+        if masked:
+            search = find_masks(LIP_MASKS, profile, out_dir, data_dir, gpus, fast, executor, wait)
+        if search != "ready":  # the runs that train the mask wait for it
+            runs = [r for r in runs if not r.needs_mask()]
         outcome = run_all(runs, profile, out_dir, data_dir, gpus, jobs, fast, batch, executor,
                           wait)  # fmt: skip
+        if search != "ready":
+            outcome[search] = [*outcome.get(search, []), LIP_MASKS.ckpt(profile)]
+            outcome["waiting for the mask"] = [r.ckpt(profile) for r in masked]
     if outcome.get("submitted") or outcome.get("in flight"):
         return outcome, []
     files = plot.draw(names, profile, out_dir, figs_dir, table_dir, cases)
@@ -380,10 +435,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}")
     if outcome.get("submitted") or outcome.get("in flight"):
         line = shlex.join(["python", "reproduce.py", *(sys.argv[1:] if argv is None else argv)])
-        print(
-            f"when the jobs have ended: {line} --collect (or the same command again: it "
-            "draws once every run has finished, and submits again those that did not)"
-        )
+        if outcome.get("waiting for the mask"):
+            print(f"when the mask search's job has ended: {line} (it submits the runs that "
+                  "wait for the mask)")  # fmt: skip
+        else:
+            print(
+                f"when the jobs have ended: {line} --collect (or the same command again: it "
+                "draws once every run has finished, and submits again those that did not)"
+            )
     if outcome.get("missing"):
         print(f"error: runs not finished: {', '.join(outcome['missing'])}", file=sys.stderr)
         return 1

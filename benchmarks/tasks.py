@@ -21,8 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import denoising  # noqa: E402
-from experiments import PAPER_IMAGES, PROFILES, VARIANTS  # noqa: E402
+from experiments import PAPER_IMAGES, PROFILES, VARIANTS, needs_mask  # noqa: E402
 
+# The lottery prior's runs need a mask found first (reproduce.py's compare set; lip.py evaluate).
+VARIANTS = {name: settings for name, settings in VARIANTS.items() if not needs_mask(name)}
 TASKS = {"inpaint": ["--task", "inpaint", "--keep", "0.5"], "sr": ["--task", "sr", "--factor", "4"]}
 OUTLIERS = (0.0, 0.2)  # salt-and-pepper fraction of the observed entries
 
