@@ -211,11 +211,12 @@ class MaskSearch:
 
     def args(self, profile: Profile) -> list[str]:
         """The lip.py arguments of the search (without --out_dir, --data_dir, --gpu)."""
+        rows = str(min(profile.show_every, profile.imp_iters))  # no checkpoints: lip.py has none
         argv = ["--image", self.case.image, "--noise", self.case.noise,
                 "--nlevel", str(self.case.nlevel), "--width", str(self.width(profile)),
                 "--rounds", str(profile.imp_rounds), "--num_iter", str(profile.imp_iters),
-                "--show_every", str(min(profile.show_every, profile.imp_iters)),
-                "--seed", str(self.seed), "--ckpt", self.ckpt(profile), "--quiet"]  # fmt: skip
+                "--show_every", rows, "--save_every", rows, "--seed", str(self.seed),
+                "--ckpt", self.ckpt(profile), "--quiet"]  # fmt: skip
         return argv + ([] if profile.crop is None else ["--crop", str(profile.crop)])
 
     def describe(self, profile: Profile) -> str:

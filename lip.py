@@ -105,7 +105,7 @@ def check_same_search(path: Path, argv: list[str]) -> None:
     cfg, _, imp = parse_find(argv)
     saved = json.loads(Path(path).read_text())
     advice = "delete the search's files or choose another folder"
-    check_same(path, saved["settings"], cfg.defining() | {"num_iter": cfg.num_iter}, advice)
+    check_same(path, saved["settings"], {"num_iter": cfg.num_iter} | cfg.defining(), advice)
     check_same(path, saved["imp"], imp, advice)
 
 

@@ -202,25 +202,27 @@ def find_masks(
     wait: bool = False,
 ) -> str:
     """The set's mask search (``experiments.MaskSearch``, lip.py): found once, before the runs
-    that train its mask, and reused (refused when made with other settings). Here, or with an
-    ``executor`` as one job (``launcher.Script``), which a later call finds in flight. Returns
-    "ready" when the mask is there (found earlier, here, or by a job waited for), else
-    "submitted" or "in flight"; InputError when the search fails."""
+    that train its mask, and reused. Here, or with an ``executor`` as one job
+    (``launcher.Script``), which a later call finds in flight. Returns "ready" when the mask is
+    there (found earlier, here, or by a job waited for), "submitted" or "in flight", or "failed"
+    (the search failed, or the folder holds one made with other settings: said in one line)."""
     ckpt = search.ckpt(profile)
     argv = search.args(profile) + ["--out_dir", str(out_dir.resolve()),
                                    "--data_dir", str(data_dir.resolve())]  # fmt: skip
     argv += ([] if gpus is None else ["--gpu", gpus[0]]) + (["--fast"] if fast else [])
     record = out_dir / f"{ckpt}_imp.json"
     if record.is_file():
-        lip.check_same_search(record, argv)
+        try:
+            lip.check_same_search(record, argv)
+        except InputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return "failed"
         return "ready"
     argv.append("--overwrite")  # over the rounds a killed search left
     log = out_dir / f"{ckpt}.log"
     if executor is None:
         print(f"mask search {ckpt}", flush=True)
-        if lip.main(argv) != 0:
-            raise InputError(f"the mask search {ckpt} failed")
-        return "ready"
+        return "ready" if lip.main(argv) == 0 else "failed"
     out_dir.mkdir(parents=True, exist_ok=True)
     busy = bool(launcher.in_flight(executor, [ckpt]))
     if busy:
@@ -231,7 +233,8 @@ def find_masks(
         return "in flight" if busy else "submitted"
     launcher.wait([job])
     if not record.is_file():
-        raise InputError(f"the mask search {ckpt} failed: see {log}")
+        print(f"error: the mask search {ckpt} failed: see {log}", file=sys.stderr)
+        return "failed"
     return "ready"
 
 
@@ -309,7 +312,9 @@ def reproduce(
             runs = [r for r in runs if not r.needs_mask()]
         outcome = run_all(runs, profile, out_dir, data_dir, gpus, jobs, fast, batch, executor,
                           wait)  # fmt: skip
-        if search != "ready":
+        if search == "failed":  # so are the runs of its mask
+            outcome["failed"] += [LIP_MASKS.ckpt(profile), *(r.ckpt(profile) for r in masked)]
+        elif search != "ready":
             outcome[search] = [*outcome.get(search, []), LIP_MASKS.ckpt(profile)]
             outcome["waiting for the mask"] = [r.ckpt(profile) for r in masked]
     if outcome.get("submitted") or outcome.get("in flight"):

@@ -1,6 +1,7 @@
 """reproduce.py end to end on a shrunk profile: runs, figures, table, reuse of finished runs."""
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -170,7 +171,7 @@ def test_run_killed_before_its_first_checkpoint_starts_over(tmp_path: Path) -> N
         assert img.format == "PNG"
 
 
-def test_comparison_table_on_the_same_noise(tmp_path: Path) -> None:
+def test_comparison_table_on_the_same_noise(tmp_path: Path, capsys) -> None:
     """Every variant with both rules watching, and the baselines, on one observation per case;
     the lottery prior's mask found first, without ground truth, on a held-out image."""
     out, docs = tmp_path / "out", tmp_path / "docs"
@@ -207,3 +208,10 @@ def test_comparison_table_on_the_same_noise(tmp_path: Path) -> None:
     searched = mask.stat().st_mtime_ns
     again, _ = reproduce.reproduce(["compare"], TINY, out, tmp_path, **kw)
     assert len(again["reused"]) == 2 * variants and mask.stat().st_mtime_ns == searched
+    capsys.readouterr()
+    longer = dataclasses.replace(TINY, imp_iters=30)  # a search of that name made otherwise
+    again, _ = reproduce.reproduce(["compare"], longer, out, tmp_path, **kw)
+    assert (
+        again["failed"] == [LIP_MASKS.ckpt(TINY), *lip_runs] and mask.stat().st_mtime_ns == searched
+    )
+    assert "num_iter=20, not 30" in capsys.readouterr().err
