@@ -266,14 +266,7 @@ def evaluate(argv: list[str]) -> int:
                        "imp_target": ticket.meta["provenance"]["target"]}  # fmt: skip
                 jobs.append((row, [*common, "--image", image, "--prior", "lip", "--mask",
                                    str(path), "--ckpt", ckpt]))  # fmt: skip
-    for k, ticket in lip_of_round.items():
-        width = width_for(trained_count(ticket), ticket.mask["head.0.weight"].shape[0])
-        for image in images:
-            ckpt = f"decoder_w{width}_{image}{tag}"  # shared by rounds matched to one width
-            row = {"mask_from": "", "kind": "decoder", "round": k, "sparsity": ticket.sparsity(),
-                   "image": image, "ckpt": ckpt, "imp_target": ""}  # fmt: skip
-            jobs.append((row, [*common, "--image", image, "--prior", "decoder", "--width",
-                               str(width), "--ckpt", ckpt]))  # fmt: skip
+    jobs += decoder_jobs(lip_of_round, images, common, tag)
     todo = pending(dict((row["ckpt"], argv) for row, argv in jobs), runs)
     codes = denoising.run_batch([[*a, "--overwrite"] for a in todo], args.batch)
     if any(codes):
@@ -285,6 +278,23 @@ def evaluate(argv: list[str]) -> int:
     print("\n".join(markdown_table(rows)))
     print(f"table {args.csv}, figure {args.figure}")
     return 0
+
+
+def decoder_jobs(lips: dict[int, Ticket], images: list[str], common: list[str], tag: str
+                 ) -> list[tuple[dict, list[str]]]:  # fmt: skip
+    """(row, argv) of the deep decoder matched to each round's LIP mask, on every image: the
+    width whose parameter count is closest to the LIP net's trained count (runs named by width,
+    so rounds matched to one width share them)."""
+    jobs = []
+    for k, ticket in lips.items():
+        width = width_for(trained_count(ticket), ticket.net_sizes()[0])
+        for image in images:
+            ckpt = f"decoder_w{width}_{image}{tag}"
+            row = {"mask_from": "", "kind": "decoder", "round": k, "sparsity": ticket.sparsity(),
+                   "image": image, "ckpt": ckpt, "imp_target": ""}  # fmt: skip
+            jobs.append((row, [*common, "--image", image, "--prior", "decoder", "--width",
+                               str(width), "--ckpt", ckpt]))  # fmt: skip
+    return jobs
 
 
 def pending(argvs: dict[str, list[str]], runs: Path) -> list[list[str]]:

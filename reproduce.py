@@ -37,10 +37,10 @@ import launcher
 import lip
 import plot
 from experiments import (
-    COMPARE_VARIANTS,
     DEFAULT_CASES,
     FIGURE_NAMES,
     LIP_MASKS,
+    PAPER_VARIANTS,
     PROFILES,
     Case,
     MaskSearch,
@@ -183,7 +183,7 @@ def run_baselines(cases: tuple[Case, ...], profile: Profile, out_dir: Path, data
         if path.is_file():
             continue
         out_dir.mkdir(parents=True, exist_ok=True)
-        argv = case.run(COMPARE_VARIANTS[0], observe=True).args(profile)
+        argv = case.run(PAPER_VARIANTS[0], observe=True).args(profile)  # any variant's noise
         data = denoising.load_data(parse(argv + ["--data_dir", str(data_dir)]).with_defaults())
         sigma = case.nlevel if case.noise == "gaussian" else None
         print(f"baselines on {case.label}", flush=True)
