@@ -49,6 +49,7 @@ from experiments import (
     check_names,
     figure_runs,
 )
+from models.lip import file_sha256
 from utils import InputError
 from utils.config import parse
 from utils.images import DEFAULT_DATA_DIR, PAPER_IMAGES, fetch_paper_image
@@ -66,7 +67,11 @@ def run_state(run: Run, profile: Profile, out_dir: Path) -> str:
     if record is not None:
         wanted = parse(run.args(profile, out_dir)).with_defaults().defining()
         advice = "delete the run's files or choose another --out_dir"
+        mask = wanted.pop("mask", None)  # the lottery prior's: by its content, not its path
         check_same(rundir.path("config"), record["settings"], wanted, advice)
+        if mask is not None and Path(mask).is_file():  # so a moved folder's runs are reused
+            check_same(rundir.path("config"), record["data"],
+                       {"mask_sha256": file_sha256(mask)}, advice)  # fmt: skip
         report = record["report"]
         done = report["iterations_done"] == profile.num_iter(run.num_iter)
         ended = report["status"] in ("diverged", "stopped")  # by divergence or a stopping rule

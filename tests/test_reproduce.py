@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -208,6 +209,9 @@ def test_comparison_table_on_the_same_noise(tmp_path: Path, capsys) -> None:
     searched = mask.stat().st_mtime_ns
     again, _ = reproduce.reproduce(["compare"], TINY, out, tmp_path, **kw)
     assert len(again["reused"]) == 2 * variants and mask.stat().st_mtime_ns == searched
+    moved = shutil.copytree(out, tmp_path / "moved")  # the mask is known by its content
+    assert reproduce.reproduce(["compare"], TINY, moved, tmp_path, collect=True, **kw)[0] == {
+        "reused": again["reused"], "missing": [], "failed": []}  # fmt: skip
     capsys.readouterr()
     longer = dataclasses.replace(TINY, imp_iters=30)  # a search of that name made otherwise
     again, _ = reproduce.reproduce(["compare"], longer, out, tmp_path, **kw)
