@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.lip import PRUNE_FRACTION
 from utils import images
 from utils.config import RunConfig
 
@@ -29,7 +30,15 @@ VARIANTS = {
     "decoder": {"method": "dip", "prior": "decoder"},
     "decoder-dop": {"method": "dop", "prior": "decoder"},
     "drp": {"method": "dip", "prior": "drp"},
+    "lip": {"method": "dip", "prior": "lip"},  # --mask: the set's mask search (LIP_MASKS)
 }
+
+
+def needs_mask(variant: str) -> bool:
+    """Whether the variant trains the lottery prior, on the mask of its set's mask search."""
+    return VARIANTS[variant].get("prior") == "lip"
+
+
 PAPER_VARIANTS = ("dop", "dip", "dip-l1")  # what the paper's figures compare
 # The comparison table (docs/COMPARISON.md): every variant with both stopping rules watching, on
 # the early-stopping paper's levels (REFERENCE.md §3).
@@ -53,6 +62,8 @@ class Profile:
     save_every: int
     lr_c: float = 500.0  # DOP's --lr_c (500: the public code)
     lr_c_scaling: str = "none"  # DOP's --lr_c_scaling (none: the public code)
+    imp_rounds: int = 16  # the mask search of the lottery prior (MaskSearch): IMP rounds and
+    imp_iters: int = 3000  # iterations per round (16 and 3000: the LIP paper's)
 
     def width(self, paper_width: int) -> int:
         return max(1, round(paper_width * self.width_scale))
@@ -76,6 +87,8 @@ PROFILES = {
         save_every=500,
         lr_c=1000.0,
         lr_c_scaling="sqrt",
+        imp_rounds=5,  # 67.2% sparsity, 500 iterations a round: docs/RESULTS.md's LIP setting
+        imp_iters=500,
     ),  # fmt: skip
 }
 
@@ -98,6 +111,9 @@ class Run:
         """The width at the paper's scale: the run's, or its prior's (128; 64 for drp)."""
         return self.width or RunConfig(**VARIANTS[self.variant]).with_defaults().width
 
+    def needs_mask(self) -> bool:
+        return needs_mask(self.variant)
+
     def ckpt(self, profile: Profile) -> str:
         sweep = "" if self.lr_c is None else f"_lrc{self.lr_c:g}"
         return (
@@ -110,8 +126,9 @@ class Run:
         """Rows 5x finer for runs whose oracle peak is compared with the rules' detections."""
         return profile.show_every // 5 if self.observe else profile.show_every
 
-    def args(self, profile: Profile) -> list[str]:
-        """The denoising.py arguments of this run (without --out_dir, --data_dir, --gpu)."""
+    def args(self, profile: Profile, out_dir: Path | None = None) -> list[str]:
+        """The denoising.py arguments of this run (without --out_dir, --data_dir, --gpu); a run
+        of the lottery prior takes the mask that LIP_MASKS finds in ``out_dir`` (absolute)."""
         if VARIANTS[self.variant]["method"] != "dop":  # no g, h: no step for them
             lr_c = []
         elif self.lr_c is None:
@@ -128,6 +145,10 @@ class Run:
         ]  # fmt: skip
         if self.observe:
             argv += ["--stop", "wmv", "--stop_observe"]
+        if self.needs_mask():
+            if out_dir is None:
+                raise ValueError(f"{self.ckpt(profile)}: its mask is in the set's out_dir")
+            argv += ["--mask", str(LIP_MASKS.mask(profile, out_dir.resolve()))]
         if profile.crop is not None:
             argv += ["--crop", str(profile.crop)]
         return argv
@@ -162,6 +183,61 @@ class Case:
                    observe=observe)  # fmt: skip
 
 
+@dataclass(frozen=True)
+class MaskSearch:
+    """The stage a set with the lottery prior runs first (REFERENCE.md §5; lip.py): iterative
+    magnitude pruning on the noisy observation of ``case`` (made as a case's runs make it, seed
+    ``seed``) at the profile's crop and the variant's width, ``Profile.imp_rounds`` rounds of
+    ``Profile.imp_iters`` iterations. The case's image is held out (no compared case uses it), so
+    no ground truth of a compared image enters the mask; the last round's mask (sparsity
+    1 − 0.8^rounds) is transferred to every case."""
+
+    case: Case
+    variant: str = "lip"
+    seed: int = 0
+
+    def width(self, profile: Profile) -> int:
+        return profile.width(Run(self.case.image, self.case.nlevel, self.variant).paper_width())
+
+    def ckpt(self, profile: Profile) -> str:
+        tag = noise_tag(self.case.noise, self.case.nlevel)
+        return f"{self.case.image}_{tag}_imp_w{self.width(profile)}_s{self.seed}"
+
+    def mask(self, profile: Profile, out_dir: Path) -> Path:
+        """The mask the runs train: the last round's (lip.py's OUT_DIR/CKPT_mask_R.pt)."""
+        from lip import mask_path  # lip.py, which imports the whole loop, only when asked
+
+        return mask_path(out_dir, self.ckpt(profile), "mask", profile.imp_rounds)
+
+    def args(self, profile: Profile) -> list[str]:
+        """The lip.py arguments of the search (without --out_dir, --data_dir, --gpu)."""
+        rows = str(min(profile.show_every, profile.imp_iters))  # no checkpoints: lip.py has none
+        argv = ["--image", self.case.image, "--noise", self.case.noise,
+                "--nlevel", str(self.case.nlevel), "--width", str(self.width(profile)),
+                "--rounds", str(profile.imp_rounds), "--num_iter", str(profile.imp_iters),
+                "--show_every", rows, "--save_every", rows, "--seed", str(self.seed),
+                "--ckpt", self.ckpt(profile), "--quiet"]  # fmt: skip
+        return argv + ([] if profile.crop is None else ["--crop", str(profile.crop)])
+
+    def describe(self, profile: Profile) -> str:
+        """The mask's provenance, for the tables' text."""
+        sparsity = 1 - (1 - PRUNE_FRACTION) ** profile.imp_rounds
+        cfg = RunConfig(**VARIANTS[self.variant]).with_defaults()
+        return (
+            f"the lottery image prior (Wu et al., TMLR 2023): {cfg.method.upper()} with "
+            f"{cfg.alg.capitalize()} {cfg.lr:g} on the sparse skip net of the mask found by IMP "
+            f"(`lip.py`) on the noisy observation of "
+            f"{self.case.label} (seed {self.seed}), a held-out image, so without ground truth: "
+            f"{profile.imp_rounds} rounds of {profile.imp_iters} iterations at the profile's crop "
+            f"and width {self.width(profile)}, {100 * sparsity:.1f}% of the convolution weights "
+            f"pruned; the same mask on every case (`{self.ckpt(profile)}_mask_"
+            f"{profile.imp_rounds}.pt`)"
+        )
+
+
+# The comparison's lottery prior: masks found on scikit-image's astronaut, which no compared case
+# uses, at the LIP paper's denoising noise (Gaussian σ = 25/255 ≈ 0.1).
+LIP_MASKS = MaskSearch(Case("astronaut", 0.1, "gaussian"))
 FIG3_CASES = tuple(Case(image, 0.5) for image in PAPER_IMAGES)
 FIG4_CASES = tuple(Case("F16", level) for level in LEVELS)
 # The README curve set: F16 at 50%, DOP at width 192 against DIP-L1 at widths 192 and 64.

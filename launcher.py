@@ -174,6 +174,57 @@ class Runs:
         return DelayedSubmission(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class Script:
+    """One job that runs a script's ``main(argv)``: a set's preliminary stage, such as lip.py's
+    mask search (reproduce.find_masks). The stage has no checkpoint of its own: its command line
+    carries --overwrite, and a requeued job runs it again from the start."""
+
+    module: str  # "lip": lip.main
+    argv: tuple[str, ...]
+
+    def __call__(self) -> int:
+        import importlib
+
+        print(f"python {self.module}.py " + shlex.join(self.argv), flush=True)
+        code = importlib.import_module(self.module).main(list(self.argv))
+        if code != 0:
+            raise RuntimeError(f"python {self.module}.py exited with {code}")
+        return code
+
+    def checkpoint(self) -> Any:
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self)
+
+
+def submit_script(executor: Any, name: str, script: Script, log: Path) -> Any:
+    """Submit ``script`` as one job, recorded in ``jobs.json`` as ``name`` (so that ``in_flight``
+    and ``job_of`` find it), its log linked as ``log``. Returns the job."""
+    from utils.io import save_json
+
+    Path(executor.folder).mkdir(parents=True, exist_ok=True)
+    job = executor.submit(script)
+    record = read_record(Path(executor.folder))
+    record[name] = job.job_id
+    link_log(log, job)
+    save_json(Path(executor.folder) / RECORD, record)
+    print(f"submitted {name}: job {job.job_id}; log {log}", flush=True)
+    return job
+
+
+def job_of(executor: Any, name: str) -> Any:
+    """The last job recorded for ``name`` in ``jobs.json``."""
+    job_id = read_record(Path(executor.folder))[name]
+    return executor.job_class(folder=executor.folder, job_id=job_id)
+
+
+def link_log(log: Path, job: Any) -> None:
+    """``log`` (OUT_DIR/CKPT.log) as a link to the job's output."""
+    log.unlink(missing_ok=True)
+    log.symlink_to(os.path.relpath(job.paths.stdout, log.parent))
+
+
 def tasks(argvs: list[list[str]], max_batch: int) -> list[Runs]:
     """The array's tasks: one command line each, or up to ``max_batch`` that differ only in
     per-run settings (denoising.PER_RUN: image, level, seed, name, ...), so that they can share
@@ -224,9 +275,7 @@ def submit(executor: Any, argvs: dict[str, list[str]], max_batch: int = 1) -> li
         for argv in task.argvs:
             cfg = parse(list(argv))
             record[cfg.ckpt] = job.job_id
-            log = RunDir(Path(cfg.out_dir), cfg.ckpt).log
-            log.unlink(missing_ok=True)
-            log.symlink_to(os.path.relpath(job.paths.stdout, log.parent))
+            link_log(RunDir(Path(cfg.out_dir), cfg.ckpt).log, job)
     save_json(Path(executor.folder) / RECORD, record)
     array = jobs[0].job_id.split("_")[0]
     print(f"submitted {len(argvs)} runs: job {array}, {len(jobs)} task(s); watch: squeue -j "

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 import denoising
+from models.decoder import width_for
 from models.lip import (
     LipPrior,
     Ticket,
@@ -43,12 +45,14 @@ from models.lip import (
     prune_global,
     random_like,
     save_ticket,
+    trained_count,
 )
 from models.skip import SkipPrior
 from recovery import build_model, fit_batch
 from utils import InputError
-from utils.config import RunConfig, parser
+from utils.config import RunConfig, parse, parser
 from utils.io import atomic_write, save_csv, save_json
+from utils.rundir import check_same
 from utils.seeding import derive_seed
 
 ROOT = Path(__file__).resolve().parent
@@ -93,6 +97,16 @@ def parse_find(argv: list[str] | None) -> tuple[RunConfig, list[str], dict]:
         if failed:
             raise InputError(message)
     return cfg, [name for name in images if name] or [cfg.image], imp
+
+
+def check_same_search(path: Path, argv: list[str]) -> None:
+    """InputError unless the IMP record ``path`` (OUT_DIR/CKPT_imp.json) was made with the
+    settings of the lip.py command line ``argv`` (iterations, rounds and target included)."""
+    cfg, _, imp = parse_find(argv)
+    saved = json.loads(Path(path).read_text())
+    advice = "delete the search's files or choose another folder"
+    check_same(path, saved["settings"], {"num_iter": cfg.num_iter} | cfg.defining(), advice)
+    check_same(path, saved["imp"], imp, advice)
 
 
 def mask_path(out_dir: Path | str, ckpt: str, kind: str, round_: int) -> Path:
@@ -175,21 +189,26 @@ def train_to_rewind(model, y, cfg, seeds, clean, imp, progress) -> tuple[dict, d
     return state, rewind
 
 
-EVAL_FIELDS = ["mask_from", "kind", "round", "sparsity", "image", "psnr", "ssim",
-               "oracle_best_psnr", "oracle_best_iteration", "imp_target", "ckpt"]  # fmt: skip
+EVAL_FIELDS = ["mask_from", "kind", "round", "sparsity", "image", "task", "width",
+               "trained_parameters", "psnr", "ssim", "oracle_best_psnr", "oracle_best_iteration",
+               "imp_target", "ckpt"]  # fmt: skip
 
 
 def eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lip.py evaluate",
-        description="Train IMP masks, their random twins and the dense net with denoising.py "
-        "--prior lip on each image; write the PSNR-against-sparsity table and figure. Other "
-        "flags go to denoising.py (--crop --width --num_iter --noise --nlevel --gpu ...).",
+        description="Train IMP masks, their random twins, the dense net and deep decoders of as "
+        "many trained parameters with denoising.py on each image; write the PSNR-against-"
+        "sparsity table and figure. Other flags go to denoising.py (--crop --width --num_iter "
+        "--noise --nlevel --gpu ...; --task inpaint --keep 0.5 or --task sr --factor 4: the "
+        "masks transferred to another task).",
     )  # fmt: skip
     p.add_argument("--masks", required=True,
                    help="IMP runs (OUT_DIR/CKPT of lip.py), comma-separated")  # fmt: skip
     p.add_argument("--rounds", type=int, required=True, help="evaluate masks 0..R")
-    p.add_argument("--images", required=True, help="images to denoise, comma-separated")
+    p.add_argument("--only_rounds", default=None,
+                   help="only these of rounds 1..R (and the dense net), e.g. 3,5")  # fmt: skip
+    p.add_argument("--images", required=True, help="images to recover, comma-separated")
     p.add_argument("--runs", default="checkpoints/lip_eval", help="folder of the runs")
     p.add_argument("--csv", default=str(ROOT / "docs" / "lip_quick.csv"))
     p.add_argument("--figure", default=str(ROOT / "figs" / "lip_quick.png"))
@@ -197,27 +216,58 @@ def eval_parser() -> argparse.ArgumentParser:
     return p
 
 
+def chosen_rounds(args: argparse.Namespace) -> list[int]:
+    """Rounds 1..--rounds, or those of --only_rounds (InputError unless they are among them)."""
+    if args.rounds < 0:
+        raise InputError("--rounds must be at least 0")
+    every = list(range(1, args.rounds + 1))
+    if args.only_rounds is None:
+        return every
+    try:
+        only = [int(k) for k in args.only_rounds.split(",")]
+    except ValueError:
+        raise InputError("--only_rounds must be integers separated by commas") from None
+    if not set(only) <= set(every):
+        raise InputError(f"--only_rounds must be among 1..{args.rounds}")
+    return sorted(set(only))
+
+
 def evaluate(argv: list[str]) -> int:
-    """Every (mask, image) run, reusing finished ones; then the table and the figure."""
+    """Every (net, image) run, reusing finished ones made with the same settings; then the table
+    and the figure.
+
+    The nets: the dense net (round 0), every chosen round's IMP mask and random twin of every
+    --masks source, and for each round the deep decoder (Heckel, Hand, 2019) whose 6k² + 12k + Ck
+    trained parameters are closest to the LIP subnetwork's (its surviving convolution weights,
+    biases and BatchNorm: ``trained_count``; the same for every source, which all keep
+    round(0.8^k · total) weights); the decoder row of round k has that round's sparsity. The
+    decoder runs with its own reference settings (Adam 0.01, no input perturbation) on the same
+    observations (same image, task, noise and seed)."""
     args, rest = eval_parser().parse_known_args(argv)
-    images, runs = args.images.split(","), Path(args.runs)
+    images, runs, rounds = args.images.split(","), Path(args.runs), chosen_rounds(args)
+    task = parse(rest).task  # InputError on a bad flag of denoising.py
+    tag = "" if task == "denoise" else f"_{task}"  # a task's runs apart from denoising's
+    common = [*rest, "--out_dir", str(runs), "--quiet"]
     jobs = []  # (row, argv)
+    lip_of_round = {}
     for n, prefix in enumerate(args.masks.split(",")):
         kinds = [("mask", 0)] if n == 0 else []  # the dense net (the same for every prefix)
-        kinds += [(kind, k) for k in range(1, args.rounds + 1) for kind in ("mask", "random")]
+        kinds += [(kind, k) for k in rounds for kind in ("mask", "random")]
         for kind, k in kinds:
             path = mask_path(Path(prefix).parent, Path(prefix).name, kind, k)
             ticket = load_ticket(path)
             label = "dense" if k == 0 else "lip" if kind == "mask" else "random"
+            if label == "lip":
+                lip_of_round.setdefault(k, ticket)
             for image in images:
-                ckpt = f"{Path(prefix).name}_{label}{k}_{image}"
+                ckpt = f"{Path(prefix).name}_{label}{k}_{image}{tag}"
                 row = {"mask_from": Path(prefix).name, "kind": label, "round": k,
                        "sparsity": ticket.sparsity(), "image": image, "ckpt": ckpt,
                        "imp_target": ticket.meta["provenance"]["target"]}  # fmt: skip
-                argv_run = [*rest, "--image", image, "--prior", "lip", "--mask", str(path),
-                            "--ckpt", ckpt, "--out_dir", str(runs), "--quiet"]  # fmt: skip
-                jobs.append((row, argv_run))
-    todo = [a for row, a in jobs if denoising.RunDir(runs, row["ckpt"]).config() is None]
+                jobs.append((row, [*common, "--image", image, "--prior", "lip", "--mask",
+                                   str(path), "--ckpt", ckpt]))  # fmt: skip
+    jobs += decoder_jobs(lip_of_round, images, common, tag)
+    todo = pending(dict((row["ckpt"], argv) for row, argv in jobs), runs)
     codes = denoising.run_batch([[*a, "--overwrite"] for a in todo], args.batch)
     if any(codes):
         raise InputError(f"{sum(map(bool, codes))} evaluation runs failed")
@@ -230,36 +280,84 @@ def evaluate(argv: list[str]) -> int:
     return 0
 
 
+def decoder_jobs(lips: dict[int, Ticket], images: list[str], common: list[str], tag: str
+                 ) -> list[tuple[dict, list[str]]]:  # fmt: skip
+    """(row, argv) of the deep decoder matched to each round's LIP mask, on every image: the
+    width whose parameter count is closest to the LIP net's trained count (runs named by width,
+    so rounds matched to one width share them)."""
+    jobs = []
+    for k, ticket in lips.items():
+        width = width_for(trained_count(ticket), ticket.net_sizes()[0])
+        for image in images:
+            ckpt = f"decoder_w{width}_{image}{tag}"
+            row = {"mask_from": "", "kind": "decoder", "round": k, "sparsity": ticket.sparsity(),
+                   "image": image, "ckpt": ckpt, "imp_target": ""}  # fmt: skip
+            jobs.append((row, [*common, "--image", image, "--prior", "decoder", "--width",
+                               str(width), "--ckpt", ckpt]))  # fmt: skip
+    return jobs
+
+
+def pending(argvs: dict[str, list[str]], runs: Path) -> list[list[str]]:
+    """The command lines (by run name) whose run has not ended; InputError when a run of that
+    name ended with other settings (iterations included)."""
+    todo = []
+    for ckpt, argv in argvs.items():
+        rundir = denoising.RunDir(runs, ckpt)
+        if (record := rundir.config()) is None:
+            todo.append(argv)
+            continue
+        cfg = parse(argv).with_defaults()
+        check_same(rundir.path("config"), record["settings"],
+                   cfg.defining() | {"num_iter": cfg.num_iter},
+                   "delete its files or choose another --runs")  # fmt: skip
+    return todo
+
+
 def report_of(runs: Path, ckpt: str) -> dict:
-    report = denoising.RunDir(runs, ckpt).config()["report"]
+    record = denoising.RunDir(runs, ckpt).config()
+    report, settings = record["report"], record["settings"]
     return {"psnr": report.get("final_psnr"), "ssim": report.get("final_ssim"),
             "oracle_best_psnr": report.get("oracle_best_psnr_vs_clean"),
-            "oracle_best_iteration": report.get("oracle_best_iteration")}  # fmt: skip
+            "oracle_best_iteration": report.get("oracle_best_iteration"),
+            "trained_parameters": report.get("trained_parameters"),
+            "task": settings["task"], "width": settings["width"]}  # fmt: skip
 
 
 def markdown_table(rows: list[dict]) -> list[str]:
     """One row per (image, round): the last-iterate PSNR (oracle peak in brackets) of the dense
-    net and of every mask source's LIP and random masks."""
+    net, of every mask source's LIP and random masks, and of the deep decoder of as many trained
+    parameters (its width k), with the trained parameters of the LIP net and the decoder."""
     columns = list(dict.fromkeys((r["mask_from"], r["kind"]) for r in rows if r["round"]))
-    header = ["image", "round", "sparsity", "dense",
-              *(f"{kind} ({src})" for src, kind in columns)]  # fmt: skip
+    header = ["image", "round", "sparsity", "trained (LIP / decoder)", "dense",
+              *(f"{kind} ({src})" if src else kind for src, kind in columns)]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    cell = lambda r: "–" if r is None else f"{r['psnr']:.2f} ({r['oracle_best_psnr']:.2f})"  # noqa: E731
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "–"
+        width = f", k = {r['width']}" if r["kind"] == "decoder" else ""
+        return f"{r['psnr']:.2f} ({r['oracle_best_psnr']:.2f}){width}"
+
     for image in dict.fromkeys(r["image"] for r in rows):
         dense = next(r for r in rows if r["image"] == image and r["kind"] == "dense")
         for k in sorted({r["round"] for r in rows if r["round"]}):
             found = {(r["mask_from"], r["kind"]): r for r in rows
                      if r["image"] == image and r["round"] == k}  # fmt: skip
             sparsity = next(iter(found.values()))["sparsity"]
-            cells = [image, str(k), f"{100 * sparsity:.1f}%", cell(dense),
+            counts = [next((f"{r['trained_parameters']:,}" for (_, kind), r in found.items()
+                            if kind == wanted), "–") for wanted in ("lip", "decoder")]  # fmt: skip
+            cells = [image, str(k), f"{100 * sparsity:.1f}%", " / ".join(counts), cell(dense),
                      *(cell(found.get(c)) for c in columns)]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 
+STYLES = {"lip": "-o", "random": "--x", "decoder": ":s"}
+
+
 def plot_sparsity(rows: list[dict], path: Path) -> None:
     """Last-iterate PSNR against sparsity, one panel per image: LIP solid, random dashed, the
-    dense net as a horizontal line."""
+    deep decoder of as many trained parameters dotted, the dense net as a horizontal line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -272,11 +370,13 @@ def plot_sparsity(rows: list[dict], path: Path) -> None:
         for src, kind in dict.fromkeys((r["mask_from"], r["kind"]) for r in mine if r["round"]):
             line = sorted((r["sparsity"], r["psnr"]) for r in mine
                           if (r["mask_from"], r["kind"]) == (src, kind))  # fmt: skip
-            ax.plot([100 * s for s, _ in line], [p for _, p in line],
-                    "-o" if kind == "lip" else "--x", label=f"{kind} mask from {src}")  # fmt: skip
+            label = f"{kind} mask from {src}" if src else "deep decoder, as many parameters"
+            ax.plot([100 * s for s, _ in line], [p for _, p in line], STYLES[kind], label=label)
         dense = next(r["psnr"] for r in mine if r["kind"] == "dense")
         ax.axhline(dense, color="k", lw=0.8, label="dense")
-        ax.set(title=image, xlabel="sparsity (% of conv weights pruned)", ylabel="PSNR (dB)")
+        task = mine[0]["task"]
+        title = image if task == "denoise" else f"{image}, {task}"
+        ax.set(title=title, xlabel="sparsity (% of conv weights pruned)", ylabel="PSNR (dB)")
         ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

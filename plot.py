@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 from experiments import (  # noqa: E402
     DEFAULT_CASES,
     FULL_ITERS,
+    LIP_MASKS,
     LR_C_SWEEP,
     PAPER_FIGURES,
     PAPER_IMAGES,
@@ -52,7 +53,8 @@ from utils.rundir import RunDir  # noqa: E402
 TABLES = {"results": PAPER_FIGURES, "lrc": ("lrc",)}  # a table per group of figures
 STYLES = {"dop": "-", "dip": "--", "dip-l1": ":"}  # the paper's variants, in the curves
 LABELS = {"dop": "DOP", "dip": "DIP (L2)", "dip-l1": "DIP-L1", "decoder": "deep decoder",
-          "decoder-dop": "deep decoder + DOP", "drp": "random projector"}  # fmt: skip
+          "decoder-dop": "deep decoder + DOP", "drp": "random projector",
+          "lip": "lottery prior (transferred mask)"}  # fmt: skip
 BASELINE_LABELS = {"median3": "median 3×3", "median5": "median 5×5", "bm3d": "BM3D"}
 COMPARE_FIELDS = [
     "image", "noise", "level", "method", "noisy_psnr", "last_psnr", "last_ssim", "wmv_psnr",
@@ -206,6 +208,8 @@ def comparison_section(profile: Profile, rows: list[dict]) -> list[str]:
         f"{'; '.join(devices)} (flags that only spread the runs, such as `--jobs`, are not "
         f"recorded). "
         f"Date: {', '.join(dates)}.", "",
+        *([f"{LABELS['lip']}: {LIP_MASKS.describe(profile)}.", ""]
+          if any(r["method"] == LABELS["lip"] for r in rows) else []),
         "Means over the images:", "",
         "| noise | method | last | ES-WMV | ES-EMV | oracle peak | WMV gap (oracle) "
         "| EMV gap (oracle) |", "|" + "---|" * 8,

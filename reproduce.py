@@ -34,18 +34,22 @@ from typing import Any
 import baselines
 import denoising
 import launcher
+import lip
 import plot
 from experiments import (
-    COMPARE_VARIANTS,
     DEFAULT_CASES,
     FIGURE_NAMES,
+    LIP_MASKS,
+    PAPER_VARIANTS,
     PROFILES,
     Case,
+    MaskSearch,
     Profile,
     Run,
     check_names,
     figure_runs,
 )
+from models.lip import file_sha256
 from utils import InputError
 from utils.config import parse
 from utils.images import DEFAULT_DATA_DIR, PAPER_IMAGES, fetch_paper_image
@@ -61,9 +65,13 @@ def run_state(run: Run, profile: Profile, out_dir: Path) -> str:
     rundir = RunDir(out_dir, run.ckpt(profile))
     record = rundir.config()
     if record is not None:
-        wanted = parse(run.args(profile)).with_defaults().defining()
+        wanted = parse(run.args(profile, out_dir)).with_defaults().defining()
         advice = "delete the run's files or choose another --out_dir"
+        mask = wanted.pop("mask", None)  # the lottery prior's: by its content, not its path
         check_same(rundir.path("config"), record["settings"], wanted, advice)
+        if mask is not None and Path(mask).is_file():  # so a moved folder's runs are reused
+            check_same(rundir.path("config"), record["data"],
+                       {"mask_sha256": file_sha256(mask)}, advice)  # fmt: skip
         report = record["report"]
         done = report["iterations_done"] == profile.num_iter(run.num_iter)
         ended = report["status"] in ("diverged", "stopped")  # by divergence or a stopping rule
@@ -75,7 +83,7 @@ def run_state(run: Run, profile: Profile, out_dir: Path) -> str:
 def run_argv(run: Run, profile: Profile, action: str, out_dir: Path, data_dir: Path,
              gpu: str | None, fast: bool = False) -> list[str]:  # fmt: skip
     """The denoising.py arguments for ``run``; a start over leftovers of a killed run overwrites."""
-    argv = run.args(profile) + ["--out_dir", str(out_dir.resolve())]
+    argv = run.args(profile, out_dir) + ["--out_dir", str(out_dir.resolve())]
     argv += ["--data_dir", str(data_dir.resolve())]  # absolute: subprocesses run in ROOT
     argv += ([] if gpu is None else ["--gpu", gpu]) + (["--fast"] if fast else [])
     if action == "resume":
@@ -180,12 +188,59 @@ def run_baselines(cases: tuple[Case, ...], profile: Profile, out_dir: Path, data
         if path.is_file():
             continue
         out_dir.mkdir(parents=True, exist_ok=True)
-        argv = case.run(COMPARE_VARIANTS[0], observe=True).args(profile)
+        argv = case.run(PAPER_VARIANTS[0], observe=True).args(profile)  # any variant's noise
         data = denoising.load_data(parse(argv + ["--data_dir", str(data_dir)]).with_defaults())
         sigma = case.nlevel if case.noise == "gaussian" else None
         print(f"baselines on {case.label}", flush=True)
         rows = baselines.evaluate(data.y, data.clean, sigma)
         save_json(path, {"case": case.label, "sigma_given": sigma, "baselines": rows})
+
+
+def find_masks(
+    search: MaskSearch,
+    profile: Profile,
+    out_dir: Path,
+    data_dir: Path,
+    gpus: tuple[str, ...] | None = None,
+    fast: bool = False,
+    executor: Any = None,
+    wait: bool = False,
+) -> str:
+    """The set's mask search (``experiments.MaskSearch``, lip.py): found once, before the runs
+    that train its mask, and reused. Here, or with an ``executor`` as one job
+    (``launcher.Script``), which a later call finds in flight. Returns "ready" when the mask is
+    there (found earlier, here, or by a job waited for), "submitted" or "in flight", or "failed"
+    (the search failed, or the folder holds one made with other settings: said in one line)."""
+    ckpt = search.ckpt(profile)
+    argv = search.args(profile) + ["--out_dir", str(out_dir.resolve()),
+                                   "--data_dir", str(data_dir.resolve())]  # fmt: skip
+    argv += ([] if gpus is None else ["--gpu", gpus[0]]) + (["--fast"] if fast else [])
+    record = out_dir / f"{ckpt}_imp.json"
+    if record.is_file():
+        try:
+            lip.check_same_search(record, argv)
+        except InputError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return "failed"
+        return "ready"
+    argv.append("--overwrite")  # over the rounds a killed search left
+    log = out_dir / f"{ckpt}.log"
+    if executor is None:
+        print(f"mask search {ckpt}", flush=True)
+        return "ready" if lip.main(argv) == 0 else "failed"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    busy = bool(launcher.in_flight(executor, [ckpt]))
+    if busy:
+        job = launcher.job_of(executor, ckpt)
+    else:
+        job = launcher.submit_script(executor, ckpt, launcher.Script("lip", tuple(argv)), log)
+    if not wait:
+        return "in flight" if busy else "submitted"
+    launcher.wait([job])
+    if not record.is_file():
+        print(f"error: the mask search {ckpt} failed: see {log}", file=sys.stderr)
+        return "failed"
+    return "ready"
 
 
 def submit_all(
@@ -255,8 +310,18 @@ def reproduce(
     else:
         if "compare" in check_names(names):
             run_baselines((DEFAULT_CASES | (cases or {}))["compare"], profile, out_dir, data_dir)
+        masked, search = [r for r in runs if r.needs_mask()], "ready"
+        if masked:
+            search = find_masks(LIP_MASKS, profile, out_dir, data_dir, gpus, fast, executor, wait)
+        if search != "ready":  # the runs that train the mask wait for it
+            runs = [r for r in runs if not r.needs_mask()]
         outcome = run_all(runs, profile, out_dir, data_dir, gpus, jobs, fast, batch, executor,
                           wait)  # fmt: skip
+        if search == "failed":  # so are the runs of its mask
+            outcome["failed"] += [LIP_MASKS.ckpt(profile), *(r.ckpt(profile) for r in masked)]
+        elif search != "ready":
+            outcome[search] = [*outcome.get(search, []), LIP_MASKS.ckpt(profile)]
+            outcome["waiting for the mask"] = [r.ckpt(profile) for r in masked]
     if outcome.get("submitted") or outcome.get("in flight"):
         return outcome, []
     files = plot.draw(names, profile, out_dir, figs_dir, table_dir, cases)
@@ -380,10 +445,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {path}")
     if outcome.get("submitted") or outcome.get("in flight"):
         line = shlex.join(["python", "reproduce.py", *(sys.argv[1:] if argv is None else argv)])
-        print(
-            f"when the jobs have ended: {line} --collect (or the same command again: it "
-            "draws once every run has finished, and submits again those that did not)"
-        )
+        if outcome.get("waiting for the mask"):
+            print(f"when the mask search's job has ended: {line} (it submits the runs that "
+                  "wait for the mask)")  # fmt: skip
+        else:
+            print(
+                f"when the jobs have ended: {line} --collect (or the same command again: it "
+                "draws once every run has finished, and submits again those that did not)"
+            )
     if outcome.get("missing"):
         print(f"error: runs not finished: {', '.join(outcome['missing'])}", file=sys.stderr)
         return 1

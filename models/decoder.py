@@ -30,6 +30,25 @@ UPSAMPLINGS = 5  # the reference code's num_channels_up = [k] * 5: inputs of H/3
 INPUT_SCALE = 0.1  # z ~ uniform[0, 0.1)
 
 
+def parameter_count(width: int, channels: int = 3, upsamplings: int = UPSAMPLINGS) -> int:
+    """Trained parameters of one deep decoder of k = ``width`` channels: (u+1)k² for the hidden
+    1x1 convolutions (no bias), 2(u+1)k for their BatchNorms' scale and shift, Ck for the output
+    convolution; 6k² + 12k + Ck with the reference u = 5 upsamplings (Heckel, Hand, 2019)."""
+    layers = upsamplings + 1
+    return layers * width**2 + 2 * layers * width + channels * width
+
+
+def width_for(count: int, channels: int = 3, upsamplings: int = UPSAMPLINGS) -> int:
+    """The width k >= 1 whose decoder has the parameter count closest to ``count`` (the smaller
+    k on a tie): a deep decoder "of a similar number of parameters" as another net."""
+    k = 1
+    while parameter_count(k + 1, channels, upsamplings) <= count:
+        k += 1
+    above = parameter_count(k + 1, channels, upsamplings)
+    below = parameter_count(k, channels, upsamplings)
+    return k + 1 if above - count < count - below else k
+
+
 class DecoderNet(nn.Module):
     """The deep decoder with k = ``width`` channels (K = ``groups`` decoders side by side)."""
 

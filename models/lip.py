@@ -62,6 +62,12 @@ class Ticket:
         total = sum(m.numel() for m in self.mask.values())
         return 1.0 - sum(int(m.sum()) for m in self.mask.values()) / total
 
+    def net_sizes(self) -> tuple[int, int]:
+        """(image channels, width) of the skip net the ticket is over: the shape C x width x 1 x
+        1 of its output convolution."""
+        channels, width = self.mask["head.0.weight"].shape[:2]
+        return channels, width
+
     def layer_sparsity(self) -> dict[str, float]:
         return {name: 1.0 - m.float().mean().item() for name, m in self.mask.items()}
 
@@ -222,3 +228,12 @@ class LipPrior(SkipPrior):
     @classmethod
     def options(cls, cfg: Any) -> dict[str, Any]:
         return {} if cfg.mask is None else {"ticket": load_ticket(cfg.mask)}
+
+
+def trained_count(ticket: Ticket) -> int:
+    """``LipPrior.count_trained`` of a run of ``ticket`` on the net it was found on (its width and
+    channel count, read from the output convolution): the surviving convolution weights plus
+    every bias and BatchNorm parameter. It depends on neither the image's size nor the run."""
+    channels, width = ticket.net_sizes()
+    side = 2**SCALES  # the smallest image the 5-scale net takes
+    return LipPrior((channels, side, side), width=width, ticket=ticket).count_trained()

@@ -17,9 +17,10 @@ import pytest
 import submitit
 
 import denoising
+import experiments
 import launcher
 import reproduce
-from experiments import PROFILES, Case, Profile, Run, figure_runs
+from experiments import LIP_MASKS, PROFILES, Case, Profile, Run, figure_runs
 from utils.images import PAPER_IMAGES
 from utils.rundir import RunDir
 
@@ -318,3 +319,32 @@ def test_collect_draws_what_has_finished_and_names_the_rest(tmp_path: Path, caps
     assert reproduce.main(args) == 1
     assert (tmp_path / "figs" / "fig3_quick.png").is_file()
     assert "8 missing" in capsys.readouterr().out
+
+
+def test_the_mask_search_is_a_job_and_the_runs_of_its_mask_wait_for_it(
+    tmp_path: Path, monkeypatch, one_thread
+) -> None:
+    """A set with the lottery prior through the launcher: the mask search is submitted as one
+    job and the runs that train its mask are held back; once it has ended, a rerun submits them
+    (and not the search again). (A rerun while the search's job runs finds it in flight through
+    sacct, as any run's: test_the_sbatch_script_of_a_set.)"""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(experiments, "COMPARE_VARIANTS", ("lip",))  # the lottery runs only
+    tiny = Profile("tiny", 64, 1 / 32, 40 / 150_000, show_every=20, save_every=20, imp_rounds=1,
+                   imp_iters=10)  # fmt: skip
+    cases = {"compare": (Case("cat", 0.5),)}
+    out = tmp_path / "out"
+    executor = local_executor(out / "submitit")
+    kw = dict(figs_dir=tmp_path / "figs", table_dir=tmp_path / "docs", cases=cases,
+              executor=executor, **CPU)  # fmt: skip
+    outcome, files = reproduce.reproduce(["compare"], tiny, out, tmp_path, **kw)
+    search, run = LIP_MASKS.ckpt(tiny), cases["compare"][0].run("lip", observe=True).ckpt(tiny)
+    assert outcome["submitted"] == [search] and outcome["waiting for the mask"] == [run]
+    assert not files and (out / f"{search}.log").is_symlink()
+    job = json.loads((out / "submitit" / "jobs.json").read_text())[search]
+    wait_for(lambda: (out / f"{search}_imp.json").is_file(), "the mask search")
+    outcome, files = reproduce.reproduce(["compare"], tiny, out, tmp_path, wait=True, **kw)
+    assert outcome["started"] == [run] and tmp_path / "docs" / "COMPARISON.md" in files
+    record = json.loads((out / "submitit" / "jobs.json").read_text())
+    assert record[search] == job and record[run] != job  # the search was submitted once
+    assert LIP_MASKS.mask(tiny, out).is_file() and "round 1" in (out / f"{search}.log").read_text()

@@ -3,6 +3,7 @@ resume, mask files, the random-mask baseline (models/lip.py, lip.py)."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import io
 from pathlib import Path
@@ -13,7 +14,8 @@ import torch
 import denoising
 import lip
 from models import SkipPrior
-from models.lip import convolutions, load_ticket, random_like, save_ticket
+from models.decoder import parameter_count
+from models.lip import convolutions, load_ticket, random_like, save_ticket, trained_count
 from recovery import build_model, fit
 from tests.conftest import TEST_IMAGE
 from tests.test_recovery import keep_serialised, small_problem
@@ -161,3 +163,45 @@ def test_random_twin_has_the_lip_mask_sparsity_in_every_layer(imp_dir: Path) -> 
         assert all(torch.equal(twin.rewind[n], found.rewind[n]) for n in found.rewind)
     again = random_like(found, seed=7)
     assert all(torch.equal(again.mask[n], random_like(found, seed=7).mask[n]) for n in again.mask)
+
+
+def test_evaluate_pairs_each_round_with_a_deep_decoder_of_as_many_parameters(
+    imp_dir: Path, tmp_path: Path, capsys
+) -> None:
+    """lip.py evaluate: the dense net, LIP masks, random twins and, per round, the deep decoder
+    whose 6k² + 12k + 3k parameters are closest to the LIP net's trained count (the runs report
+    both counts, from the modules); a task passed through gets runs of its own; finished runs are
+    reused, and a run made with other settings is refused in one line."""
+    runs, csv_path = tmp_path / "runs", tmp_path / "eval.csv"
+    args = ["evaluate", "--masks", str(imp_dir / "t"), "--rounds", str(ROUNDS),
+            "--only_rounds", str(ROUNDS), "--images", TEST_IMAGE[0], "--runs", str(runs),
+            "--csv", str(csv_path), "--figure", str(tmp_path / "eval.png"),
+            *IMP_ARGS[2:12]]  # fmt: skip
+    assert lip.main(args) == 0
+    rows = list(csv.DictReader(csv_path.open()))
+    assert {(r["kind"], r["round"]) for r in rows} == {("dense", "0")} | {
+        (kind, str(ROUNDS)) for kind in ("lip", "random", "decoder")}  # fmt: skip
+    dense = SkipPrior((3, 64, 64), width=4).count_trained()
+    ticket = load_ticket(lip.mask_path(imp_dir, "t", "mask", ROUNDS))
+    lip_row, decoder = (next(r for r in rows if r["kind"] == kind) for kind in ("lip", "decoder"))
+    pruned = sum(int((~m).sum()) for m in ticket.mask.values())
+    assert int(lip_row["trained_parameters"]) == trained_count(ticket) == dense - pruned
+    width, count = int(decoder["width"]), int(lip_row["trained_parameters"])
+    assert int(decoder["trained_parameters"]) == parameter_count(width)
+    gap = abs(parameter_count(width) - count)
+    assert gap == min(abs(parameter_count(j) - count) for j in range(1, 100))
+    assert decoder["sparsity"] == lip_row["sparsity"] and decoder["task"] == "denoise"
+    assert (tmp_path / "eval.png").stat().st_size > 0
+    configs = {p: p.stat().st_mtime_ns for p in runs.glob("*_config.json")}
+    assert lip.main(args) == 0  # everything reused
+    assert {p: p.stat().st_mtime_ns for p in runs.glob("*_config.json")} == configs
+    sr = [*args, "--task", "sr", "--factor", "4"]
+    assert lip.main(sr) == 0
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == 4 and {r["task"] for r in rows} == {"sr"}
+    assert all(r["ckpt"].endswith("_sr") for r in rows)
+    assert len(list(runs.glob("*_config.json"))) == 8
+    capsys.readouterr()
+    assert lip.main([*args, "--num_iter", "13"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1 and "num_iter=12, not 13" in err

@@ -12,6 +12,7 @@ import denoising
 import structural_bias
 from benchmarks import time_to_quality
 from models import PRIORS, DecoderNet, DecoderPrior
+from models.decoder import parameter_count, width_for
 from recovery import build_model, fit, fit_batch, make_optimizer
 from tests.conftest import image_crop
 from tests.test_cli import IMAGE, cli, outputs
@@ -30,6 +31,19 @@ def test_decoder_parameter_count(k: int) -> None:
     assert count == 6 * k * k + 12 * k + 3 * k
     if k == 128:
         assert count == 100_224  # Heckel & Hand's figure
+    for channels, ups in ((3, 5), (1, 5), (3, 2)):  # the one formula against the module's count
+        net = DecoderNet(width=k, out_channels=channels, upsamplings=ups)
+        assert parameter_count(k, channels, ups) == sum(p.numel() for p in net.parameters())
+        prior = DecoderPrior((channels, 32, 32), width=k, seeds=[0, 1])
+        assert prior.count_trained() == parameter_count(k, channels)
+
+
+def test_decoder_width_for_a_parameter_count_is_the_closest() -> None:
+    for count in (1, 50, 1000, 20_000, 100_224, 123_457):
+        k = width_for(count)
+        best = min(abs(parameter_count(j) - count) for j in range(1, 200))
+        assert abs(parameter_count(k) - count) == best
+    assert all(width_for(parameter_count(k, c), c) == k for k in (1, 9, 128) for c in (1, 3))
 
 
 def test_decoder_structure() -> None:

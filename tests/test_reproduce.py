@@ -1,6 +1,8 @@
 """reproduce.py end to end on a shrunk profile: runs, figures, table, reuse of finished runs."""
 
 import csv
+import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ from PIL import Image
 import reproduce
 from experiments import (
     COMPARE_VARIANTS,
+    LIP_MASKS,
     LR_C_SWEEP,
     PROFILES,
     Case,
@@ -17,12 +20,13 @@ from experiments import (
     check_names,
     figure_runs,
 )
+from models.lip import file_sha256, load_ticket
 from utils.rundir import RunDir
 
 # Bundled images (a fresh clone has no paper images): two at 50% (Figure 3) and one at two
 # levels (Figure 4): 3 cases x 3 variants = 9 runs.
 TINY = Profile("tiny", crop=64, width_scale=1 / 16, iter_scale=300 / 150_000, show_every=50,
-               save_every=100)  # fmt: skip
+               save_every=100, imp_rounds=2, imp_iters=20)  # fmt: skip
 CASES = {
     "fig3": (Case("cat", 0.5), Case("coffee", 0.5)),
     "fig4": (Case("cat", 0.3), Case("cat", 0.5)),
@@ -168,14 +172,28 @@ def test_run_killed_before_its_first_checkpoint_starts_over(tmp_path: Path) -> N
         assert img.format == "PNG"
 
 
-def test_comparison_table_on_the_same_noise(tmp_path: Path) -> None:
-    """Every variant with both rules watching, and the baselines, on one observation per case."""
+def test_comparison_table_on_the_same_noise(tmp_path: Path, capsys) -> None:
+    """Every variant with both rules watching, and the baselines, on one observation per case;
+    the lottery prior's mask found first, without ground truth, on a held-out image."""
     out, docs = tmp_path / "out", tmp_path / "docs"
     cases = {"compare": (Case("cat", 0.5), Case("cat", 0.12, "gaussian"))}
     kw = dict(figs_dir=tmp_path / "figs", table_dir=docs, cases=cases, **CPU)
+    lip_runs = [case.run("lip", observe=True).ckpt(TINY) for case in cases["compare"]]
+    outcome, _ = reproduce.reproduce(["compare"], TINY, out, tmp_path, collect=True, **kw)
+    assert set(lip_runs) <= set(outcome["missing"])  # nothing runs, not even the mask search
     outcome, files = reproduce.reproduce(["compare"], TINY, out, tmp_path, batch=3, **kw)
-    variants = len(COMPARE_VARIANTS)  # DOP, DIP, DIP-L1, the deep decoder (+ DOP), the projector
+    variants = len(COMPARE_VARIANTS)  # DOP, DIP, DIP-L1, the decoder (+ DOP), DRP, the lottery
     assert len(outcome["started"]) == 2 * variants and not outcome["failed"]
+    mask = LIP_MASKS.mask(TINY, out)
+    ticket = load_ticket(mask)
+    provenance = ticket.meta["provenance"]
+    assert LIP_MASKS.case.image not in {case.image for case in cases["compare"]}
+    assert "astronaut" in provenance["images"][0]["image"] and not provenance["uses_ground_truth"]
+    assert provenance["rounds"] == TINY.imp_rounds == ticket.meta["round"]
+    assert abs(ticket.sparsity() - (1 - 0.8**TINY.imp_rounds)) < 1e-3
+    for name in lip_runs:  # every case's lottery run trained that mask
+        assert RunDir(out, name).config()["data"]["mask_sha256"] == file_sha256(mask)
+    assert LIP_MASKS.describe(TINY) in (docs / "COMPARISON.md").read_text()
     assert docs / "COMPARISON.md" in files
     assert "Profile `tiny`" in (docs / "COMPARISON.md").read_text()
     rows = read_rows(docs / "comparison_tiny.csv")
@@ -188,5 +206,16 @@ def test_comparison_table_on_the_same_noise(tmp_path: Path) -> None:
             assert float(r["oracle_wmv_gap"]) >= 0 and float(r["oracle_emv_gap"]) >= 0
         [made_for] = [r for r in rows if r["noise"] == noise and r["method"] == baseline]
         assert float(made_for["last_psnr"]) > float(runs[0]["noisy_psnr"]) + 3
+    searched = mask.stat().st_mtime_ns
     again, _ = reproduce.reproduce(["compare"], TINY, out, tmp_path, **kw)
-    assert len(again["reused"]) == 2 * variants
+    assert len(again["reused"]) == 2 * variants and mask.stat().st_mtime_ns == searched
+    moved = shutil.copytree(out, tmp_path / "moved")  # the mask is known by its content
+    assert reproduce.reproduce(["compare"], TINY, moved, tmp_path, collect=True, **kw)[0] == {
+        "reused": again["reused"], "missing": [], "failed": []}  # fmt: skip
+    capsys.readouterr()
+    longer = dataclasses.replace(TINY, imp_iters=30)  # a search of that name made otherwise
+    again, _ = reproduce.reproduce(["compare"], longer, out, tmp_path, **kw)
+    assert (
+        again["failed"] == [LIP_MASKS.ckpt(TINY), *lip_runs] and mask.stat().st_mtime_ns == searched
+    )
+    assert "num_iter=20, not 30" in capsys.readouterr().err
