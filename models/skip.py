@@ -214,32 +214,40 @@ def _layers(layers: nn.Sequential, h: Tensor) -> Tensor:
 
 
 def _convolve(conv: nn.Conv2d, h: Tensor, skip: bool = False) -> Tensor:
-    """``conv(h)`` computed as the module computes it (reflection padding, then the
-    convolution without padding), except that a 1x1 conv skips its padding by zero (a copy)
-    and the convolution is a ``_SplitConv``. ``skip``: recomputing, the output is not needed.
-    A pruned conv (models/lip.py) recomputes its weight in a forward pre-hook: it is called as
-    a module."""
+    """``conv(h)`` as the module computes it (reflection padding, then the convolution without
+    padding), through ``_SplitConv``; a 1x1 conv skips its padding by zero (a copy). ``skip``:
+    recomputing, the output is not needed. A pruned conv (models/lip.py) recomputes its weight
+    in a forward pre-hook: it is called as a module."""
     if prune.is_pruned(conv):
         return conv(h)
+    if conv.padding_mode != "reflect":
+        raise ValueError(f"the skip net pads by reflection, not {conv.padding_mode!r}")
     (ph, pw), (sh, sw), (dh, dw) = conv.padding, conv.stride, conv.dilation
-    if ph or pw:
-        h = F.pad(h, (pw, pw, ph, ph), mode=conv.padding_mode)
-    return _SplitConv.apply(h, conv.weight, conv.bias, (sh, sw), (dh, dw), conv.groups, skip)
+    padding = (pw, pw, ph, ph) if ph or pw else None
+    return _SplitConv.apply(h, conv.weight, conv.bias, padding, (sh, sw), (dh, dw), conv.groups,
+                            skip)  # fmt: skip
 
 
 class _SplitConv(torch.autograd.Function):
-    """``conv2d(x, weight, bias)`` without padding, whose backward computes the gradient of the
-    weight and bias first and then that of x, in two calls of the convolution's backward with
-    the same arguments autograd passes it: the same kernels, so the same bits (tested), but the
-    weight pass's reordered copies of x and of the output's gradient are freed before x's
-    gradient is allocated (on the CPU, oneDNN: 1 full-size tensor less at the peak). Under
-    autocast the convolution runs in the autocast dtype and the gradients return in the
-    parameters' and x's dtypes, as autocast's casts would return them."""
+    """``conv2d(pad(h), weight, bias)``, reflection padding by ``padding`` (or none), with the
+    kernels autograd runs for the module, so the same bits (tested), in an order that keeps
+    fewer full-size tensors alive in the backward (docs/RESULTS.md, "Memory"):
+
+    * the padding's backward needs only h's shape, but autograd's keeps h itself: here only
+      the padded input is kept (1 full-size tensor less while the convolution's backward runs);
+    * the gradient of the weight and bias is computed first, then that of the input, in two
+      calls of the convolution's backward: the weight pass's reordered copies of the input and
+      of the output's gradient (oneDNN, on the CPU) are freed before the input's gradient is
+      allocated (1 full-size tensor less at the peak).
+
+    Under autocast the convolution runs in the autocast dtype and the gradients return in the
+    dtypes of h and the parameters, as autocast's casts would return them."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, stride, dilation, groups, skip):  # noqa: ANN001, ANN205
+    def forward(ctx, h, weight, bias, padding, stride, dilation, groups, skip):  # noqa: ANN001, ANN205
+        x = h if padding is None else F.pad(h, padding, mode="reflect")
         ctx.save_for_backward(x, weight, bias)
-        ctx.arguments = (stride, dilation, groups)
+        ctx.arguments = (h.shape, padding, stride, dilation, groups)
         if skip:  # a recomputation that ends here: only the saved tensors are wanted
             return x.new_empty(0)
         return F.conv2d(x, weight, bias, stride, 0, dilation, groups)
@@ -247,22 +255,25 @@ class _SplitConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         x, weight, bias = ctx.saved_tensors
-        stride, dilation, groups = ctx.arguments
-        needs_x, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        shape, padding, stride, dilation, groups = ctx.arguments
+        needs_h, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         xc, wc = x.to(grad.dtype), weight.to(grad.dtype)
         sizes = None if bias is None else [bias.shape[0]]
         arguments = (sizes, stride, (0, 0), dilation, False, (0, 0), groups)
         backward = torch.ops.aten.convolution_backward
-        grad_x = grad_weight = grad_bias = None
+        grad_h = grad_weight = grad_bias = None
         if needs_weight or needs_bias:
             _, grad_weight, grad_bias = backward(
                 grad, xc, wc, *arguments, [False, needs_weight, needs_bias and bias is not None]
             )
             grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
             grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
-        if needs_x:
-            grad_x = backward(grad, xc, wc, *arguments, [True, False, False])[0].to(x.dtype)
-        return grad_x, grad_weight, grad_bias, None, None, None, None
+        if needs_h:
+            grad_h = backward(grad, xc, wc, *arguments, [True, False, False])[0].to(x.dtype)
+            if padding is not None:  # h's shape, without h: a tensor of that shape, no memory
+                like = grad_h.new_empty(()).expand(shape)
+                grad_h = torch.ops.aten.reflection_pad2d_backward(grad_h, like, padding)
+        return grad_h, grad_weight, grad_bias, None, None, None, None, None
 
 
 @contextlib.contextmanager
