@@ -6,18 +6,22 @@
 Peak resident memory is a maximum over a process's life (``ru_maxrss``), so each path runs in a
 fresh subprocess of this script (``--worker``), the paths alternating over ``--repeats`` rounds;
 on a GPU the peak is ``torch.cuda.max_memory_allocated``. Each worker runs the same loop
-(recovery.fit_batch) on the same noisy crop from the same seed, and reports its peak, its rate
-between the first and the last logged row (the first iteration, with oneDNN's or cuDNN's set-up,
-is warm-up) and its losses; the table shows the estimate of ``utils.memory`` beside each
-measurement, and whether the histories are identical to the faithful path's (they must be for
-``low_memory``: recomputation in fp32 is bit-identical). The last line is
-``memory <faithful peak / low_memory peak> time <low_memory s/it / faithful s/it>``.
+(recovery.fit_batch) on the same noisy crop from the same seed, after one warm-up iteration, and
+reports its peak, its wall-clock and CPU seconds per iteration and its losses; the load average
+is printed before and after (wall-clock rates need a quiet machine). The table shows the
+estimate of ``utils.memory`` beside each measurement, and whether the histories are identical to
+the faithful path's (they must be for ``low_memory``: recomputation in fp32 is bit-identical).
+``--alone`` leaves the faithful path out (a size it cannot run). The last line is
+``memory <faithful peak / low_memory peak> time <low_memory s/it / faithful s/it> cpu <the same
+ratio of CPU seconds>``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -52,6 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=4, help="iterations per path (>= 3)")
     p.add_argument("--repeats", type=int, default=1, help="alternating rounds of the paths")
     p.add_argument("--paths", nargs="+", default=list(memory.PATHS), choices=memory.PATHS)
+    p.add_argument("--alone", action="store_true", help="without the faithful path beside")
     p.add_argument("--worker", choices=memory.PATHS, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -73,24 +78,30 @@ def image(args: argparse.Namespace) -> np.ndarray:
 
 
 def worker(args: argparse.Namespace) -> dict:
-    """One path in this (fresh) process: its peak memory, rate and losses."""
+    """One path in this (fresh) process: its peak memory, time per iteration and losses. One
+    iteration on a copy of the model first (oneDNN's or cuDNN's set-up, the allocator's first
+    requests), then ``--iters`` timed ones: wall-clock and this process's CPU time (which a
+    busy machine changes less: with OMP_NUM_THREADS=1, it is close to the quiet wall time)."""
     device, _ = pick_device(args.gpu)
     clean = image(args)
     noisy = salt_and_pepper(clean, 0.5, derive_seed(0, "noise")).noisy
     cfg = RunConfig(width=args.width, num_iter=args.iters, show_every=1, save_every=args.iters)
-    model = build_model(cfg, clean.shape, [0]).to(device)
     y = torch.from_numpy(noisy)[None].to(device)
+    speed = speed_of(args.worker, device)
+    warm_up = dataclasses.replace(cfg, num_iter=1)
+    fit_batch(build_model(cfg, clean.shape, [0]).to(device), y, warm_up, seeds=[0], speed=speed,
+              progress=False)  # fmt: skip
+    model = build_model(cfg, clean.shape, [0]).to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    [result] = fit_batch(model, y, cfg, seeds=[0], speed=speed_of(args.worker, device),
-                         progress=False)  # fmt: skip
+    wall, cpu = time.perf_counter(), time.process_time()
+    [result] = fit_batch(model, y, cfg, seeds=[0], speed=speed, progress=False)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
-    seconds = result.log_seconds
-    per_iteration = (seconds[-1] - seconds[0]) / (len(seconds) - 1)
-    return {"peak": peak, "s_per_it": per_iteration,
+    return {"peak": peak, "s_per_it": wall / args.iters, "cpu_per_it": cpu / args.iters,
             "losses": [row["loss"] for row in result.history]}  # fmt: skip
 
 
@@ -113,29 +124,37 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device: {name}, torch {torch.__version__}; {args.image} resized to {args.size}x"
           f"{args.size}, width {args.width}, {args.iters} iterations, {args.repeats} round(s); "
           f"peak: {'CUDA max allocated' if device.type == 'cuda' else 'resident (ru_maxrss)'}, "
-          f"{time.strftime('%Y-%m-%d')}", flush=True)  # fmt: skip
-    paths = list(dict.fromkeys(["faithful", *args.paths]))
+          f"{time.strftime('%Y-%m-%d')}, load {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
+    paths = list(dict.fromkeys(args.paths if args.alone else ["faithful", *args.paths]))
     measured: dict[str, list[dict]] = {path: [] for path in paths}
     for _ in range(args.repeats):
         for path in paths:
             measured[path].append(run_worker(args, path, argv))
-    reference = measured["faithful"][0]["losses"]
-    print(f"{'path':<18} {'peak GB':>8} {'estimate':>9} {'it/s':>8}  history")
+    reference = measured["faithful"][0]["losses"] if "faithful" in paths else None
+    print(f"{'path':<18} {'peak GB':>8} {'estimate':>9} {'it/s':>8} {'cpu s/it':>9}  history")
     for path in paths:
         peak = max(m["peak"] for m in measured[path])
         rate = 1 / statistics.median(m["s_per_it"] for m in measured[path])
+        cpu = statistics.median(m["cpu_per_it"] for m in measured[path])
         kind = memory.path_name("fast" in path, "low" in path, bf16)
         estimate = memory.estimate(args.size**2, args.width, path=kind)
-        same = measured[path][0]["losses"] == reference
-        print(f"{path:<18} {peak / memory.GB:>8.2f} {estimate / memory.GB:>9.2f} {rate:>8.3f}  "
-              + ("identical to faithful" if same else "differs (rounding)"))  # fmt: skip
-    if "low_memory" in paths:
+        losses = measured[path][0]["losses"]
+        same = "" if reference is None else "identical to faithful" if losses == reference else (
+            "differs (rounding)")  # fmt: skip
+        print(f"{path:<18} {peak / memory.GB:>8.2f} {estimate / memory.GB:>9.2f} {rate:>8.3f} "
+              f"{cpu:>9.2f}  {same}")  # fmt: skip
+    print(f"load {os.getloadavg()[0]:.2f} (1-minute average: timings need a quiet machine)")
+    if {"faithful", "low_memory"} <= set(paths):
         peaks = {p: max(m["peak"] for m in measured[p]) for p in ("faithful", "low_memory")}
-        times = {p: statistics.median(m["s_per_it"] for m in measured[p])
+        times = {p: {key: statistics.median(m[key] for m in measured[p])
+                     for key in ("s_per_it", "cpu_per_it")}
                  for p in ("faithful", "low_memory")}  # fmt: skip
+        ratio = {
+            key: times["low_memory"][key] / times["faithful"][key] for key in times["faithful"]
+        }
         print(
             f"memory {peaks['faithful'] / peaks['low_memory']:.2f} "
-            f"time {times['low_memory'] / times['faithful']:.2f}"
+            f"time {ratio['s_per_it']:.2f} cpu {ratio['cpu_per_it']:.2f}"
         )
     return 0
 

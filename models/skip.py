@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import prune
 from torch.utils.checkpoint import checkpoint
 
 from models.prior import Prior, per_run_input, per_run_net
@@ -103,62 +106,186 @@ class _Scale(nn.Module):
         return _cat_groups(centre_crop(s, h, w), centre_crop(deep, h, w), self.groups)
 
     def _forward_checkpointed(self, x: Tensor, tail: nn.Module | None) -> Tensor:
-        """The same layers in the same order, as segments whose inner activations are not kept
-        but recomputed in the backward (``torch.utils.checkpoint``). Each segment ends after a
-        convolution or a BatchNorm-activation pair, so what stays in memory between the forward
-        and the backward is one tensor per segment, and the backward recomputes one segment at a
-        time: the convolutions' padded copies and the BatchNorm and activation outputs are never
-        all alive at once. The inner scale is called between segments, so its own segments are
-        checkpointed once, not nested inside this scale's (each activation is computed twice,
-        never more). The head (``tail``) joins the last segment, so the outermost scale's
-        full-size output is not kept either."""
-        down, inner, up = self.deeper[:6], self.deeper[6:-1], self.deeper[-1]
-        d = _segment(down[0:1], x)  # stride-2 conv: its padded copy of x is not kept
-        d = _segment(down[1:4], d)  # BN, act, conv
-        d = _segment(down[4:6], d)  # BN, act
-        if len(inner):
-            d = inner(d)
+        """The same layers in the same order, run as segments whose insides are not kept but
+        recomputed in the backward (``torch.utils.checkpoint``), so that what is alive at once
+        in the backward is a few tensors of the largest size (docs/RESULTS.md, "Memory"):
+
+        * at the outermost scale (the one with ``tail``) the deeper branch (down and the inner
+          scales, as segments) is also one segment around them: between the forward and the
+          backward only its input and its output are kept, not the boundaries of its segments,
+          all alive while the full-size layers' backward runs. Its forward runs once more (about
+          a seventh of an iteration's work); at the inner scales that would cost as much again
+          and save nothing at the peak, which is in the full-size layers' backward;
+        * each other segment ends with a convolution or a BatchNorm-activation pair; a segment's
+          recomputation stops before its last convolution (``_SplitConv``), which the backward
+          needs the input of, not the output;
+        * up, concat and BatchNorm before the first merge convolution are a segment inside its
+          segment, so the concat is not alive during that convolution's backward;
+        * ``tail`` (the net's head: a 1x1 conv, then the sigmoid) ends the last segment with its
+          conv, so the outermost scale's full-size output is not kept; the sigmoid, which keeps
+          only its 3-channel output, runs after it."""
+        outermost = tail is not None
+        d = _segment(self._descend, x, owner=self.deeper) if outermost else self._descend(x)
         s = _segment(self.skip, x) if self.skip is not None else None
-        first = self.merge[0:2]  # up, cat, BN, conv
-        m = _segment(lambda d, s: first(self._join(s, up(d))), d, s, owner=first)
-        m = _segment(self.merge[2:5], m)  # BN, act, conv
-        last = self.merge[5:7] if tail is None else nn.Sequential(*self.merge[5:7], tail)
-        return _segment(last, m)  # BN, act (, head)
+        up, norm = self.deeper[-1], self.merge[0]
+
+        def join(d: Tensor, s: Tensor | None) -> Tensor:
+            return norm(self._join(s, up(d)))
+
+        m = _segment(lambda d, s: _segment(join, d, s, owner=norm), d, s, conv=self.merge[1],
+                     owner=norm)  # fmt: skip
+        m = _segment(self.merge[2:4], m, conv=self.merge[4])  # BN, act, conv
+        if tail is None:
+            return _segment(self.merge[5:7], m)  # BN, act
+        return tail[1:](_segment(self.merge[5:7], m, conv=tail[0]))  # BN, act, head conv
+
+    def _descend(self, x: Tensor) -> Tensor:
+        """The deeper branch without its upsampling, as segments: stride-2 conv (its padded copy
+        of x is not kept), BN-act-conv, BN-act, the inner scale."""
+        down, inner = self.deeper[:6], self.deeper[6:-1]
+        d = _segment(None, x, conv=down[0])
+        d = _segment(down[1:3], d, conv=down[3])
+        d = _segment(down[4:6], d)
+        return inner(d) if len(inner) else d
+
+
+_RECOMPUTING: ContextVar[object | None] = ContextVar("recomputing", default=None)
 
 
 def _segment(
-    function: Callable[..., Tensor], *inputs: Tensor | None, owner: nn.Module | None = None
+    function: Callable[..., Tensor] | None,
+    *inputs: Tensor | None,
+    conv: nn.Conv2d | None = None,
+    owner: nn.Module | None = None,
 ) -> Tensor:
-    """``function(*inputs)``, its activations recomputed in the backward. The recomputation runs
-    the same kernels on the same inputs, so it is bit-identical; BatchNorm (always in training
-    mode: it normalises by the batch's statistics) would update its running statistics a second
-    time, which the loop never reads but checkpoints store, so the recomputation leaves them as
-    they are. The net draws no random numbers: no RNG state is stashed. ``owner``: the module
-    whose layers ``function`` runs (``function`` itself when it is a module)."""
+    """``conv(function(*inputs))`` (either may be None), its activations recomputed in the
+    backward. The recomputation runs the same kernels on the same inputs, so it is
+    bit-identical; it stops before ``conv``, whose backward needs its input only (torch's
+    checkpoint stops at the last saved tensor, but a custom Function saves after computing).
+    BatchNorm (always in training mode: it normalises by the batch's statistics) would update
+    its running statistics a second time, which the loop never reads but checkpoints store, so
+    the recomputation leaves them as they are. The net draws no random numbers: no RNG state is
+    stashed. ``owner``: the module whose layers ``function`` runs (``function`` itself when it
+    is a module). A Sequential ``function`` runs through ``_layers``."""
     owner = owner if owner is not None else function
-    norms = [m for m in owner.modules() if isinstance(m, nn.BatchNorm2d)]
+    norms = [m for o in (owner, conv) if isinstance(o, nn.Module) for m in o.modules()
+             if isinstance(m, nn.BatchNorm2d)]  # fmt: skip
+    token = object()  # this segment, while it is recomputed
+
+    def run(*inputs: Tensor | None) -> Tensor:
+        if function is None:
+            h = inputs[0]
+        elif isinstance(function, nn.Sequential):
+            h = _layers(function, inputs[0])
+        else:
+            h = function(*inputs)
+        return h if conv is None else _convolve(conv, h, skip=_RECOMPUTING.get() is token)
+
     return checkpoint(
-        function,
+        run,
         *inputs,
         use_reentrant=False,
         preserve_rng_state=False,
-        context_fn=lambda: (contextlib.nullcontext(), _frozen_statistics(norms)),
+        context_fn=lambda: (contextlib.nullcontext(), _recomputation(norms, token)),
     )
 
 
+def _layers(layers: nn.Sequential, h: Tensor) -> Tensor:
+    """The layers applied in order, as their Sequential would, with two savings that change
+    no bit: a LeakyReLU right after a BatchNorm runs in place (BatchNorm's backward does not
+    read its output, and LeakyReLU's backward reads the sign, the same in its output as in its
+    input), and convolutions run through ``_convolve``."""
+    previous = None
+    for layer in layers:
+        if isinstance(layer, nn.LeakyReLU) and isinstance(previous, nn.BatchNorm2d):
+            h = F.leaky_relu(h, layer.negative_slope, inplace=True)
+        elif isinstance(layer, nn.Conv2d):
+            h = _convolve(layer, h)
+        else:
+            h = layer(h)
+        previous = layer
+    return h
+
+
+def _convolve(conv: nn.Conv2d, h: Tensor, skip: bool = False) -> Tensor:
+    """``conv(h)`` as the module computes it (reflection padding, then the convolution without
+    padding), through ``_SplitConv``; a 1x1 conv skips its padding by zero (a copy). ``skip``:
+    recomputing, the output is not needed. A pruned conv (models/lip.py) recomputes its weight
+    in a forward pre-hook: it is called as a module."""
+    if prune.is_pruned(conv):
+        return conv(h)
+    if conv.padding_mode != "reflect":
+        raise ValueError(f"the skip net pads by reflection, not {conv.padding_mode!r}")
+    (ph, pw), (sh, sw), (dh, dw) = conv.padding, conv.stride, conv.dilation
+    padding = (pw, pw, ph, ph) if ph or pw else None
+    return _SplitConv.apply(h, conv.weight, conv.bias, padding, (sh, sw), (dh, dw), conv.groups,
+                            skip)  # fmt: skip
+
+
+class _SplitConv(torch.autograd.Function):
+    """``conv2d(pad(h), weight, bias)``, reflection padding by ``padding`` (or none), with the
+    kernels autograd runs for the module, so the same bits (tested), in an order that keeps
+    fewer full-size tensors alive in the backward (docs/RESULTS.md, "Memory"):
+
+    * the padding's backward needs only h's shape, but autograd's keeps h itself: here only
+      the padded input is kept (1 full-size tensor less while the convolution's backward runs);
+    * the gradient of the weight and bias is computed first, then that of the input, in two
+      calls of the convolution's backward: the weight pass's reordered copies of the input and
+      of the output's gradient (oneDNN, on the CPU) are freed before the input's gradient is
+      allocated (1 full-size tensor less at the peak).
+
+    Under autocast the convolution runs in the autocast dtype and the gradients return in the
+    dtypes of h and the parameters, as autocast's casts would return them."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, padding, stride, dilation, groups, skip):  # noqa: ANN001, ANN205
+        x = h if padding is None else F.pad(h, padding, mode="reflect")
+        ctx.save_for_backward(x, weight, bias)
+        ctx.arguments = (h.shape, padding, stride, dilation, groups)
+        if skip:  # a recomputation that ends here: only the saved tensors are wanted
+            return x.new_empty(0)
+        return F.conv2d(x, weight, bias, stride, 0, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        x, weight, bias = ctx.saved_tensors
+        shape, padding, stride, dilation, groups = ctx.arguments
+        needs_h, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        xc, wc = x.to(grad.dtype), weight.to(grad.dtype)
+        sizes = None if bias is None else [bias.shape[0]]
+        arguments = (sizes, stride, (0, 0), dilation, False, (0, 0), groups)
+        backward = torch.ops.aten.convolution_backward
+        grad_h = grad_weight = grad_bias = None
+        if needs_weight or needs_bias:
+            _, grad_weight, grad_bias = backward(
+                grad, xc, wc, *arguments, [False, needs_weight, needs_bias and bias is not None]
+            )
+            grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
+            grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
+        if needs_h:
+            grad_h = backward(grad, xc, wc, *arguments, [True, False, False])[0].to(x.dtype)
+            if padding is not None:  # h's shape, without h: a tensor of that shape, no memory
+                like = grad_h.new_empty(()).expand(shape)
+                grad_h = torch.ops.aten.reflection_pad2d_backward(grad_h, like, padding)
+        return grad_h, grad_weight, grad_bias, None, None, None, None, None
+
+
 @contextlib.contextmanager
-def _frozen_statistics(norms: list[nn.BatchNorm2d]) -> Iterator[None]:
-    """Let the recomputation update throwaway copies of the BatchNorms' running statistics, so
-    the real ones are updated once per iteration, as without checkpointing. (Turning the update
-    off instead would change which tensors the backward saves, which checkpointing refuses.)"""
+def _recomputation(norms: list[nn.BatchNorm2d], token: object) -> Iterator[None]:
+    """While a segment is recomputed: ``_RECOMPUTING`` names it, and its BatchNorms update
+    throwaway copies of their running statistics, so the real ones are updated once per
+    iteration, as without checkpointing. (Turning the update off instead would change which
+    tensors the backward saves, which checkpointing refuses.)"""
     names = ("running_mean", "running_var", "num_batches_tracked")
     saved = [{name: getattr(norm, name) for name in names} for norm in norms]
     for norm, buffers in zip(norms, saved, strict=True):
         for name, buffer in buffers.items():
             setattr(norm, name, None if buffer is None else buffer.clone())
+    reset = _RECOMPUTING.set(token)
     try:
         yield
     finally:
+        _RECOMPUTING.reset(reset)
         for norm, buffers in zip(norms, saved, strict=True):
             for name, buffer in buffers.items():
                 setattr(norm, name, buffer)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.nn.utils import prune
 
 import denoising
 import recovery
@@ -24,17 +25,28 @@ def cli(tmp_path: Path, *extra: str) -> list[str]:
             str(tmp_path / "out"), "--quiet", *extra]  # fmt: skip
 
 
-def test_checkpointed_net_is_bit_identical() -> None:
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("pruned", [False, True])
+def test_checkpointed_net_is_bit_identical(groups: int, pruned: bool) -> None:
     """The recomputed forward is the forward: the output and every gradient are equal to the
-    last bit (fp32, the full five-scale net on odd sides), and BatchNorm's running statistics
-    are updated once, as without checkpointing."""
+    last bit (fp32, the full five-scale net on odd sides, one net or two grouped), and
+    BatchNorm's running statistics are updated once, as without checkpointing. Pruned (the
+    lottery prior's masks, a forward pre-hook on every conv): the same."""
     torch.manual_seed(0)
-    nets = [SkipNet(32, 3, width=8), SkipNet(32, 3, width=8)]
+    nets = [SkipNet(32, 3, width=8, groups=groups), SkipNet(32, 3, width=8, groups=groups)]
     nets[1].load_state_dict(nets[0].state_dict())
+    if pruned:
+        for net in nets:
+            for module in net.modules():
+                if isinstance(module, torch.nn.Conv2d):
+                    mask = torch.rand(
+                        module.weight.shape, generator=torch.Generator().manual_seed(1)
+                    )
+                    prune.custom_from_mask(module, "weight", mask > 0.3)
     for module in nets[1].modules():
         if hasattr(module, "checkpointed"):
             module.checkpointed = True
-    z = torch.rand(1, 32, 70, 45)
+    z = torch.rand(1, 32 * groups, 70, 45)
     outputs = []
     for net in nets:
         out = net(z)
@@ -168,4 +180,4 @@ def test_benchmark_prints_the_paths_side_by_side(capsys) -> None:
     assert lines[0].startswith("device: cpu") and lines[1].split()[:3] == ["path", "peak", "GB"]
     rows = {line.split()[0]: line for line in lines[2:4]}
     assert rows["low_memory"].endswith("identical to faithful")
-    assert re.fullmatch(r"memory [0-9.]+ time [0-9.]+", lines[-1])
+    assert re.fullmatch(r"memory [0-9.]+ time [0-9.]+ cpu [0-9.]+", lines[-1])
