@@ -346,13 +346,16 @@ def memory_need(cfg: RunConfig, shape: tuple[int, ...], device: torch.device,
                 runs: int = 1) -> memory.Need:  # fmt: skip
     """The estimated peak memory of ``runs`` runs of ``cfg`` on images of ``shape`` (C, H, W):
     on the net's canvas (--pad rounds the sides up to the prior's multiple), on this path."""
-    multiple = PRIORS[cfg.prior].multiple if cfg.pad else 1
+    prior = PRIORS[cfg.prior]
+    multiple = prior.multiple if cfg.pad else 1
     pixels = math.prod(-(-side // multiple) * multiple for side in shape[1:])
     bf16 = device.type == "cuda" or cpu_has_bf16()
-    path = memory.path_name(cfg.fast, cfg.low_memory, bf16)
+    path = memory.path_name(cfg.fast, cfg.low_memory and prior.checkpointing, bf16)
     states = 2 if cfg.alg == "adam" else 0
-    need = memory.estimate(pixels, cfg.width, runs=runs, path=path, optimizer_states=states)
-    return memory.Need(need, pixels, cfg.width, runs, path, states)
+    need = memory.estimate(pixels, cfg.width, runs=runs, path=path, optimizer_states=states,
+                           scale=prior.memory_scale)  # fmt: skip
+    return memory.Need(need, pixels, cfg.width, runs, path, states, prior.memory_scale,
+                       prior.checkpointing)  # fmt: skip
 
 
 def noisy_psnr(data: Data) -> float | None:

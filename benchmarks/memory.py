@@ -35,8 +35,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from denoising import pick_device  # noqa: E402
-from recovery import Speed, build_model, cpu_has_bf16, fit_batch  # noqa: E402
+from denoising import memory_need, pick_device  # noqa: E402
+from models import PRIORS  # noqa: E402
+from recovery import Speed, build_model, fit_batch  # noqa: E402
 from utils import memory  # noqa: E402
 from utils.config import RunConfig  # noqa: E402
 from utils.images import centre_crop, resolve_image  # noqa: E402
@@ -52,13 +53,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--image", default="astronaut", help="paper image, path or scikit-image name")
     p.add_argument("--data_dir", type=Path, default=SHARED_IMAGES)
     p.add_argument("--size", type=int, default=256, help="side of the square (resized) image")
-    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--prior", default="skip", choices=sorted(PRIORS), help="default skip")
+    p.add_argument("--width", type=int, default=None, help="default: the prior's (128 skip)")
     p.add_argument("--iters", type=int, default=4, help="iterations per path (>= 3)")
     p.add_argument("--repeats", type=int, default=1, help="alternating rounds of the paths")
     p.add_argument("--paths", nargs="+", default=list(memory.PATHS), choices=memory.PATHS)
     p.add_argument("--alone", action="store_true", help="without the faithful path beside")
     p.add_argument("--worker", choices=memory.PATHS, help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def settings(args: argparse.Namespace, path: str = "faithful") -> RunConfig:
+    """The run's settings (the prior's defaults, as denoising.py fills them) on a path."""
+    return RunConfig(prior=args.prior, width=args.width, num_iter=args.iters, show_every=1,
+                     save_every=args.iters, fast="fast" in path,
+                     low_memory="low_memory" in path).with_defaults()  # fmt: skip
 
 
 def speed_of(path: str, device: torch.device) -> Speed:
@@ -85,7 +94,7 @@ def worker(args: argparse.Namespace) -> dict:
     device, _ = pick_device(args.gpu)
     clean = image(args)
     noisy = salt_and_pepper(clean, 0.5, derive_seed(0, "noise")).noisy
-    cfg = RunConfig(width=args.width, num_iter=args.iters, show_every=1, save_every=args.iters)
+    cfg = settings(args)
     y = torch.from_numpy(noisy)[None].to(device)
     speed = speed_of(args.worker, device)
     warm_up = dataclasses.replace(cfg, num_iter=1)
@@ -120,9 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(args)))
         return 0
     device, name = pick_device(args.gpu)
-    bf16 = device.type == "cuda" or cpu_has_bf16()
+    cfg = settings(args)
     print(f"device: {name}, torch {torch.__version__}; {args.image} resized to {args.size}x"
-          f"{args.size}, width {args.width}, {args.iters} iterations, {args.repeats} round(s); "
+          f"{args.size}, {cfg.prior} prior, width {cfg.width}, {args.iters} iterations, "
+          f"{args.repeats} round(s); "
           f"peak: {'CUDA max allocated' if device.type == 'cuda' else 'resident (ru_maxrss)'}, "
           f"{time.strftime('%Y-%m-%d')}, load {os.getloadavg()[0]:.2f}", flush=True)  # fmt: skip
     paths = list(dict.fromkeys(args.paths if args.alone else ["faithful", *args.paths]))
@@ -136,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         peak = max(m["peak"] for m in measured[path])
         rate = 1 / statistics.median(m["s_per_it"] for m in measured[path])
         cpu = statistics.median(m["cpu_per_it"] for m in measured[path])
-        kind = memory.path_name("fast" in path, "low" in path, bf16)
-        estimate = memory.estimate(args.size**2, args.width, path=kind)
+        estimate = memory_need(settings(args, path), (3, args.size, args.size), device).bytes
         losses = measured[path][0]["losses"]
         same = "" if reference is None else "identical to faithful" if losses == reference else (
             "differs (rounding)")  # fmt: skip

@@ -19,8 +19,10 @@ A prior is an ``nn.Module`` that defines
 * for ``--low_memory``, a prior with deep activations has modules with a ``checkpointed``
   attribute that their forward consults (recompute the activations in the backward instead of
   keeping them, with ``torch.utils.checkpoint``; the result must be the same);
-  ``checkpoint_activations`` sets it on all of them. A prior without such modules keeps every
-  activation (it has few).
+  ``checkpoint_activations`` sets it on all of them, and ``checkpointing`` is True. A prior
+  without such modules keeps every activation (it has few);
+* ``memory_scale``: its activation memory per canvas pixel relative to the skip net's at the
+  same width, for the estimate before a run (``utils.memory``; measured, docs/RESULTS.md).
 
 A new prior is a new file in models/ with such a class and an entry in ``models.PRIORS``.
 """
@@ -41,6 +43,8 @@ class Prior(nn.Module):
     defaults: ClassVar[dict[str, object]] = {"alg": "adam", "lr": 0.01, "reg_noise_std": 0.0}
     dop_defaults: ClassVar[dict[str, object]] = {}
     multiple: ClassVar[int] = 1
+    checkpointing: ClassVar[bool] = False
+    memory_scale: ClassVar[float] = 1.0
     input: Tensor
 
     @property

@@ -345,6 +345,7 @@ class SkipPrior(Prior):
 
     defaults = {"method": "dop", "alg": "sgd", "lr": 1.0, "reg_noise_std": 1.0 / 30.0}
     multiple = 2**SCALES
+    checkpointing = True
 
     def __init__(
         self,

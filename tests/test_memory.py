@@ -118,6 +118,19 @@ def test_the_advice_fits() -> None:
     assert "--low_memory (about" in advice
 
 
+def test_the_estimate_is_the_priors() -> None:
+    """The deep decoder's activations are its own (memory_scale: 1.24 GB measured at 512x512,
+    3.86 at 1024x1024, k = 128; docs/RESULTS.md), and --low_memory, which changes nothing for
+    it, is neither assumed nor proposed."""
+    shape, cpu = (3, 1024, 1024), torch.device("cpu")
+    decoder = RunConfig(prior="decoder", width=128, low_memory=True).with_defaults()
+    need = denoising.memory_need(decoder, shape, cpu)
+    skip = denoising.memory_need(RunConfig(prior="skip", width=128).with_defaults(), shape, cpu)
+    assert need.path == "faithful" and need.bytes < 0.5 * skip.bytes
+    advice = memory.advice(need, need.bytes // 2, 1024, 32)
+    assert "--low_memory" not in advice and re.search(r"--crop \d+", advice)
+
+
 def fail_after(iterations: int):
     """recovery.evaluate that fails like the CPU allocator after ``iterations`` calls."""
     calls, evaluate = [0], recovery.evaluate

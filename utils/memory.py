@@ -4,11 +4,12 @@ The peak memory of a run of the skip prior is, to a good approximation (docs/RES
 "Memory"), a constant (the interpreter, torch and its libraries, the model and its optimizer)
 plus a term proportional to the pixels of the net's canvas, the runs K and the width:
 
-    peak ≈ BASE + 4·parameters·(2 + optimizer states) + pixels · K · (A[path] · width + B[path])
+    peak ≈ BASE + 4·parameters·(2 + optimizer states) + pixels · K · s · (A[path] · width + B[path])
 
 A and B are bytes per pixel per channel of width and per pixel, measured on each path (faithful,
 fast, low-memory, both) with ``benchmarks/memory.py`` and ``denoising.py`` runs from 128×128 to
-1024×1024 (below). The same numbers are used for a GPU, where
+1024×1024 (below); s is the prior's ``memory_scale`` (1 for the skip net, less for the deep
+decoder, whose layers are 1×1 convolutions). The same numbers are used for a GPU, where
 the activations are the same tensors; they are marked as estimated there until a GPU run
 measures them (the CUDA caching allocator and cuDNN's workspaces differ from the CPU's).
 
@@ -61,20 +62,24 @@ class Need:
     runs: int
     path: str
     optimizer_states: int = 0
+    scale: float = 1.0  # the prior's memory_scale
+    checkpointing: bool = True  # whether --low_memory changes anything for the prior
 
     def __str__(self) -> str:
         return f"{gigabytes(self.bytes)} ({self.path.replace('_', '-')} path)"
 
 
 def estimate(pixels: int, width: int, *, runs: int = 1, path: str = "faithful",
-             parameters: int | None = None, optimizer_states: int = 0) -> int:  # fmt: skip
+             parameters: int | None = None, optimizer_states: int = 0,
+             scale: float = 1.0) -> int:  # fmt: skip
     """The estimated peak memory of a run, in bytes (see the module's docstring).
     ``parameters``: the trained parameters of one run (default: the skip net's at ``width``);
-    ``optimizer_states``: tensors the optimizer keeps per parameter (SGD 0, Adam 2)."""
+    ``optimizer_states``: tensors the optimizer keeps per parameter (SGD 0, Adam 2);
+    ``scale``: the prior's ``memory_scale``."""
     if parameters is None:
         parameters = skip_parameters(width)
     weights = 4 * parameters * runs * (2 + optimizer_states)  # the weights, their gradients
-    return int(BASE[path] + weights + pixels * runs * (A[path] * width + B[path]))
+    return int(BASE[path] + weights + pixels * runs * scale * (A[path] * width + B[path]))
 
 
 def skip_parameters(width: int, channels: int = 3, scales: int = 5, skip: int = 4) -> int:
@@ -142,13 +147,13 @@ def largest(fits, low: int, high: int) -> int | None:
 def advice(need: Need, have: int, side: int, multiple: int) -> str:
     """What would fit in ``have`` bytes: --low_memory, a smaller --crop, a smaller --width."""
     options = []
-    if "low_memory" not in need.path:
+    more = {"runs": need.runs, "optimizer_states": need.optimizer_states, "scale": need.scale}
+    if "low_memory" not in need.path and need.checkpointing:
         low = "fast+low_memory" if need.path == "fast" else "low_memory"
-        low_need = estimate(need.pixels, need.width, runs=need.runs, path=low,
-                            optimizer_states=need.optimizer_states)  # fmt: skip
+        low_need = estimate(need.pixels, need.width, path=low, **more)
         if low_need <= have:
             options.append(f"--low_memory (about {gigabytes(low_need)})")
-    more = {"runs": need.runs, "path": need.path, "optimizer_states": need.optimizer_states}
+    more["path"] = need.path
     crop = largest(lambda n: estimate((n * multiple) ** 2, need.width, **more) <= have,
                    1, side // multiple)  # fmt: skip
     if crop is not None:
