@@ -2,6 +2,7 @@
 
     python benchmarks/memory.py                                  # 256x256, width 128, 4 iterations
     python benchmarks/memory.py --size 1024 --paths faithful low_memory --iters 3
+    python benchmarks/memory.py --table       # README's tables of the estimate (no run)
 
 Peak resident memory is a maximum over a process's life (``ru_maxrss``), so each path runs in a
 fresh subprocess of this script (``--worker``), the paths alternating over ``--repeats`` rounds;
@@ -59,6 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1, help="alternating rounds of the paths")
     p.add_argument("--paths", nargs="+", default=list(memory.PATHS), choices=memory.PATHS)
     p.add_argument("--alone", action="store_true", help="without the faithful path beside")
+    p.add_argument("--table", action="store_true", help="print the estimate's tables, no run")
     p.add_argument("--worker", choices=memory.PATHS, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -122,9 +124,39 @@ def run_worker(args: argparse.Namespace, path: str, argv: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def estimated_gb(side: int, width: int, path: str) -> float:
+    return memory.estimate(side**2, width, path=path) / memory.GB
+
+
+def largest_side(width: int, path: str, budget: float) -> int:
+    """The largest square side, a multiple of 32, whose estimate fits ``budget`` GB."""
+    return 32 * memory.largest(lambda n: estimated_gb(32 * n, width, path) <= budget, 1, 1000)
+
+
+def tables(sides=(512, 1024, 2048), widths=(32, 64, 128), budgets=(22, 80)) -> None:
+    """The skip net's estimated peak (GB) by image side and width, faithful / low-memory, and
+    the largest square side that fits each budget (GB) on each path."""
+    print("| image | " + " | ".join(f"width {w} faithful / low" for w in widths) + " |")
+    print("|---" * (len(widths) + 1) + "|")
+    for side in sides:
+        cells = [f"{estimated_gb(side, w, 'faithful'):.1f} / "
+                 f"{estimated_gb(side, w, 'low_memory'):.1f}" for w in widths]  # fmt: skip
+        print(f"| {side}×{side} | " + " | ".join(cells) + " |")
+    paths = " / ".join(p.replace("_memory", "") for p in memory.PATHS)
+    print("\n| width | " + " | ".join(f"{b} GB: {paths}" for b in budgets) + " |")
+    print("|---" * (len(budgets) + 1) + "|")
+    for width in widths:
+        cells = [" / ".join(str(largest_side(width, path, budget)) for path in memory.PATHS)
+                 for budget in budgets]  # fmt: skip
+        print(f"| {width} | " + " | ".join(cells) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.table:
+        tables()
+        return 0
     if args.worker:
         print(json.dumps(worker(args)))
         return 0

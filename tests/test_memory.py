@@ -194,3 +194,14 @@ def test_benchmark_prints_the_paths_side_by_side(capsys) -> None:
     rows = {line.split()[0]: line for line in lines[2:4]}
     assert rows["low_memory"].endswith("identical to faithful")
     assert re.fullmatch(r"memory [0-9.]+ time [0-9.]+ cpu [0-9.]+", lines[-1])
+
+
+def test_the_largest_side_of_the_table_is_the_last_that_fits(capsys) -> None:
+    from benchmarks import memory as benchmark
+
+    assert benchmark.main(["--table"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| 128 |"))
+    sides = [int(v) for v in re.findall(r"\d+", row.split("|")[2])]  # the 22 GB column
+    for side, path in zip(sides, memory.PATHS, strict=True):
+        assert benchmark.estimated_gb(side, 128, path) <= 22 < benchmark.estimated_gb(
+            side + 32, 128, path)  # fmt: skip
