@@ -78,7 +78,7 @@ class DecoderPrior(Prior):
     defaults = {"method": "dip", "alg": "adam", "lr": 0.01, "reg_noise_std": 0.0, "width": 128}
     dop_defaults = {"alg": "sgd", "lr": 1.0}  # DOP's plain gradient descent (Prior.settings)
     multiple = 2**UPSAMPLINGS
-    memory_scale = 0.35  # 1x1 convolutions only (docs/RESULTS.md, "Memory": measured at k = 128)
+    memory_scale = 0.35  # 1x1 convs (measured at k = 128: docs/RESULTS.md, "Deep decoder")
 
     def __init__(self, image_shape: Sequence[int], *, width: int = 128,
                  seeds: Sequence[int] = (0,), pad: bool = False) -> None:  # fmt: skip

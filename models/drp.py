@@ -40,7 +40,7 @@ class ProjectorPrior(SkipPrior):
     # Under DOP: plain gradient descent on the squared error, for which lr_c's ratio is tuned.
     dop_defaults = {"alg": "sgd", "lr": 1.0, "loss": "l2", "tv": 0.0}
     multiple = 1  # a one-scale skip net maps any H x W >= 3 to H x W
-    memory_scale = 0.8  # one scale (docs/RESULTS.md, "Memory": measured at width 64)
+    memory_scale = 0.8  # one scale (measured at width 64: docs/RESULTS.md, "Deep decoder")
 
     def __init__(self, image_shape: Sequence[int], *, width: int = 64,
                  seeds: Sequence[int] = (0,), pad: bool = False) -> None:  # fmt: skip

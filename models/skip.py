@@ -41,6 +41,10 @@ from utils.images import centre_crop
 SCALES = 5  # the public code's depth: image sides are cropped to multiples of 2**SCALES = 32
 INPUT_DEPTH = 32  # channels of the fixed input z
 INPUT_SCALE = 0.1  # z ~ uniform[0, 0.1)
+# oneDNN's fast kernels for a convolution's weight gradient take an input of at most INT_MAX
+# bytes; past it (3x3, width 128, 2048x2048) it falls back to its reference kernel, which stalls
+# a low-memory run. _SplitConv sums a larger input's weight gradient over bands of this size.
+WEIGHT_GRADIENT_BAND = 2**28  # bytes of input per band
 
 
 def min_input_size(scales: int) -> int:
@@ -257,9 +261,8 @@ class _SplitConv(torch.autograd.Function):
         backward = torch.ops.aten.convolution_backward
         grad_h = grad_weight = grad_bias = None
         if needs_weight or needs_bias:
-            _, grad_weight, grad_bias = backward(
-                grad, xc, wc, *arguments, [False, needs_weight, needs_bias and bias is not None]
-            )
+            mask = [False, needs_weight, needs_bias and bias is not None]
+            grad_weight, grad_bias = _weight_gradient(grad, xc, wc, arguments, mask)
             grad_weight = None if grad_weight is None else grad_weight.to(weight.dtype)
             grad_bias = None if grad_bias is None else grad_bias.to(bias.dtype)
         if needs_h:
@@ -268,6 +271,28 @@ class _SplitConv(torch.autograd.Function):
                 like = grad_h.new_empty(()).expand(shape)
                 grad_h = torch.ops.aten.reflection_pad2d_backward(grad_h, like, padding)
         return grad_h, grad_weight, grad_bias, None, None, None, None, None
+
+
+def _weight_gradient(grad: Tensor, x: Tensor, weight: Tensor, arguments: tuple,
+                     mask: list[bool]) -> tuple[Tensor | None, Tensor | None]:  # fmt: skip
+    """The gradients of a convolution's weight and bias (``mask``), as one call of its backward
+    when x is at most ``WEIGHT_GRADIENT_BAND`` bytes, else summed over bands of output rows,
+    each with the input rows it reads (the same sum, in another order: equal up to rounding)."""
+    backward = torch.ops.aten.convolution_backward
+    bands = -(-x.numel() * x.element_size() // WEIGHT_GRADIENT_BAND)
+    if bands <= 1:
+        return tuple(backward(grad, x, weight, *arguments, mask)[1:])
+    stride, dilation = arguments[1][0], arguments[3][0]
+    reach = dilation * (weight.shape[-2] - 1) + 1  # input rows under one output row
+    rows = grad.shape[-2]
+    step = -(-rows // bands)
+    total = [None, None]
+    for start in range(0, rows, step):
+        end = min(rows, start + step)
+        band = x[..., start * stride : (end - 1) * stride + reach, :]
+        parts = backward(grad[..., start:end, :], band, weight, *arguments, mask)[1:]
+        total = [p if t is None else t + p for t, p in zip(total, parts, strict=True)]
+    return tuple(total)
 
 
 @contextlib.contextmanager

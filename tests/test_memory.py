@@ -205,3 +205,21 @@ def test_the_largest_side_of_the_table_is_the_last_that_fits(capsys) -> None:
     for side, path in zip(sides, memory.PATHS, strict=True):
         assert benchmark.estimated_gb(side, 128, path) <= 22 < benchmark.estimated_gb(
             side + 32, 128, path)  # fmt: skip
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_weight_gradient_in_bands_is_the_same_sum(monkeypatch, stride: int) -> None:
+    """Past oneDNN's limit the weight gradient is summed over bands of rows (models.skip): on an
+    odd size, grouped, with bands of a few rows, it equals the one-call gradient up to rounding."""
+    from models import skip
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 6, 37, 29, dtype=torch.float64)
+    weight = torch.randn(4, 3, 3, 3, dtype=torch.float64)
+    grad = torch.randn(1, 4, (37 - 3) // stride + 1, (29 - 3) // stride + 1, dtype=torch.float64)
+    arguments = ([4], (stride, stride), (0, 0), (1, 1), False, (0, 0), 2)
+    whole = skip._weight_gradient(grad, x, weight, arguments, [False, True, True])
+    monkeypatch.setattr(skip, "WEIGHT_GRADIENT_BAND", x.numel() * x.element_size() // 5)
+    banded = skip._weight_gradient(grad, x, weight, arguments, [False, True, True])
+    for one, summed in zip(whole, banded, strict=True):
+        torch.testing.assert_close(summed, one, rtol=1e-12, atol=1e-12)

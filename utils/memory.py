@@ -31,16 +31,18 @@ import torch
 GB = 1024**3
 ENVIRONMENT = "DOP_MEMORY_AVAILABLE"
 
-# Calibrated on the 2-core CPU machine, torch 2.13.0+cpu, 2026-11-25 (docs/RESULTS.md, "Memory"):
-# the constant of each path, and its bytes per canvas pixel per channel of width (A) and per
-# pixel (B). A and B come from 512x512 and 1024x1024 at width 128 (A·128 + B: 10.6 KB per
-# pixel faithful, 5.4 KB low-memory), the constants from 128x128 and 256x256 at widths 32-128,
-# where the allocator's reserve is a larger share (it favours the low-memory path less there).
+# Calibrated on the 2-core CPU machine, torch 2.13.0+cpu (docs/RESULTS.md, "Memory"): the
+# constant of each path, and its bytes per canvas pixel per channel of width (A) and per pixel
+# (B). Faithful and fast (2026-11-25): A and B from 512x512 and 1024x1024 at width 128 (A·128 + B
+# = 10.6 KB per pixel), the constants from 128x128 and 256x256 at widths 32-128. Low-memory paths
+# (2026-12-02, the leaner checkpointed net): the constant and A·128 + B from 256x256, 512x512 and
+# 1024x1024 at width 128 (3.4 KB per pixel; 2.9 KB with bf16), A from 1024x1024 at widths 64 and
+# 128 (bf16: the same split assumed).
 MB = 1024**2
-BASE = {"faithful": 400 * MB, "fast": 400 * MB, "low_memory": 550 * MB,
-        "fast+low_memory": 550 * MB}  # fmt: skip
-A = {"faithful": 80.0, "fast": 68.0, "low_memory": 40.0, "fast+low_memory": 38.0}
-B = {"faithful": 350.0, "fast": 350.0, "low_memory": 300.0, "fast+low_memory": 300.0}
+BASE = {"faithful": 400 * MB, "fast": 400 * MB, "low_memory": 460 * MB,
+        "fast+low_memory": 590 * MB}  # fmt: skip
+A = {"faithful": 80.0, "fast": 68.0, "low_memory": 19.0, "fast+low_memory": 16.0}
+B = {"faithful": 350.0, "fast": 350.0, "low_memory": 970.0, "fast+low_memory": 875.0}
 PATHS = tuple(A)
 
 
