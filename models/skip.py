@@ -43,8 +43,9 @@ INPUT_DEPTH = 32  # channels of the fixed input z
 INPUT_SCALE = 0.1  # z ~ uniform[0, 0.1)
 # oneDNN's fast kernels for a convolution's weight gradient take an input of at most INT_MAX
 # bytes; past it (3x3, width 128, 2048x2048) it falls back to its reference kernel, which stalls
-# a low-memory run. _SplitConv sums a larger input's weight gradient over bands of this size.
-WEIGHT_GRADIENT_BAND = 2**28  # bytes of input per band
+# a low-memory run. _SplitConv sums a larger input's weight gradient over bands of rows.
+ONEDNN_INPUT_LIMIT = 2**31 - 1  # bytes
+WEIGHT_GRADIENT_BAND = 2**28  # bytes of input per band, past the limit
 
 
 def min_input_size(scales: int) -> int:
@@ -238,6 +239,9 @@ class _SplitConv(torch.autograd.Function):
       of the output's gradient (oneDNN, on the CPU) are freed before the input's gradient is
       allocated (1 full-size tensor less at the peak).
 
+    An input larger than ``ONEDNN_INPUT_LIMIT`` has its weight gradient summed over bands of
+    rows (``_weight_gradient``): equal up to rounding, not bit-identical.
+
     Under autocast the convolution runs in the autocast dtype and the gradients return in the
     dtypes of h and the parameters, as autocast's casts would return them."""
 
@@ -276,11 +280,13 @@ class _SplitConv(torch.autograd.Function):
 def _weight_gradient(grad: Tensor, x: Tensor, weight: Tensor, arguments: tuple,
                      mask: list[bool]) -> tuple[Tensor | None, Tensor | None]:  # fmt: skip
     """The gradients of a convolution's weight and bias (``mask``), as one call of its backward
-    when x is at most ``WEIGHT_GRADIENT_BAND`` bytes, else summed over bands of output rows,
-    each with the input rows it reads (the same sum, in another order: equal up to rounding)."""
+    when x is at most ``ONEDNN_INPUT_LIMIT`` bytes, else summed over bands of output rows of
+    about ``WEIGHT_GRADIENT_BAND`` bytes of input, each with the input rows it reads (the same
+    sum in another order: equal up to rounding)."""
     backward = torch.ops.aten.convolution_backward
-    bands = -(-x.numel() * x.element_size() // WEIGHT_GRADIENT_BAND)
-    if bands <= 1:
+    size = x.numel() * x.element_size()
+    bands = 1 if size <= ONEDNN_INPUT_LIMIT else -(-size // WEIGHT_GRADIENT_BAND)
+    if bands == 1:
         return tuple(backward(grad, x, weight, *arguments, mask)[1:])
     stride, dilation = arguments[1][0], arguments[3][0]
     reach = dilation * (weight.shape[-2] - 1) + 1  # input rows under one output row
