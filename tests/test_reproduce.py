@@ -75,7 +75,7 @@ def test_bad_figure_name_is_one_line_exit_2(capsys) -> None:
 def test_quick_set_end_to_end_and_rerun_reuses(tmp_path: Path) -> None:
     out, figs, docs = tmp_path / "out", tmp_path / "figs", tmp_path / "docs"
     kw = dict(figs_dir=figs, table_dir=docs, cases=CASES, **CPU)
-    outcome, files = reproduce.reproduce(["all"], TINY, out, tmp_path, **kw)
+    outcome, files = reproduce.reproduce(["all"], TINY, out, tmp_path, batch=8, **kw)
     runs = figure_runs(["all"], CASES)
     assert len(outcome["started"]) == len(runs) and not outcome["failed"]
     for name in ("fig3", "fig4", "fig5", "readme"):
