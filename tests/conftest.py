@@ -4,6 +4,7 @@ checks the same properties. Only tests marked ``gpu`` or ``slow`` are ever skipp
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,17 @@ import torch
 from utils.images import DEFAULT_DATA_DIR, centre_crop, resolve_image
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (pyproject's ``-n auto``: one worker per core) each worker computes on
+    one thread, and so do the processes its tests start: OpenMP threads of several workers on
+    the same cores would contend (small nets ran several times slower)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
+
+
 SHARED_IMAGES = ROOT.parent / "shared" / "data" / "denoising"
 HAVE_PAPER_IMAGES = (SHARED_IMAGES / "F16.png").is_file()
 # The image of the behavioural tests: the paper's F16, or scikit-image's chelsea (the cat).
