@@ -33,6 +33,7 @@ from PIL import Image  # noqa: E402
 import denoising  # noqa: E402
 from utils import ArgumentParser, InputError  # noqa: E402
 from utils.config import TASK_DEFAULTS, RunConfig  # noqa: E402
+from utils.images import SHARED_DATA  # noqa: E402
 from utils.io import atomic_write, save_csv  # noqa: E402
 from utils.metrics import LEVIN_SHIFT, align, error_ratio  # noqa: E402
 from utils.rundir import RunDir  # noqa: E402
@@ -240,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(argv: list[str] | None) -> int:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--profile", choices=PROFILES, default="quick")
-    p.add_argument("--data_dir", default=str(ROOT.parent / "shared" / "data" / "levin"))
+    p.add_argument("--data_dir", default=str(SHARED_DATA / "levin"))
     p.add_argument("--out_dir", default=None, help="default: checkpoints/levin_PROFILE")
     p.add_argument("--csv", default=None, help="default: docs/levin_PROFILE.csv")
     p.add_argument("--gpu", default=None)

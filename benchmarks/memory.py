@@ -41,11 +41,9 @@ from models import PRIORS  # noqa: E402
 from recovery import Speed, build_model, fit_batch  # noqa: E402
 from utils import memory  # noqa: E402
 from utils.config import RunConfig  # noqa: E402
-from utils.images import centre_crop, resolve_image  # noqa: E402
+from utils.images import SHARED_IMAGES, centre_crop, resolve_image  # noqa: E402
 from utils.noise import salt_and_pepper  # noqa: E402
 from utils.seeding import derive_seed  # noqa: E402
-
-SHARED_IMAGES = ROOT.parent / "shared" / "data" / "denoising"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

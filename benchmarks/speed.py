@@ -37,11 +37,10 @@ from models.skip import SCALES, min_input_size  # noqa: E402
 from recovery import FitResult, Speed, build_model, build_observers, fit_batch  # noqa: E402
 from utils import InputError  # noqa: E402
 from utils.config import RunConfig  # noqa: E402
-from utils.images import centre_crop, resolve_image  # noqa: E402
+from utils.images import SHARED_IMAGES, centre_crop, resolve_image  # noqa: E402
 from utils.noise import salt_and_pepper  # noqa: E402
 from utils.seeding import derive_seed  # noqa: E402
 
-SHARED_IMAGES = ROOT.parent / "shared" / "data" / "denoising"
 ABLATIONS = ("channels_last", "bf16", "compile", "foreach", "fused", "tf32")
 
 

@@ -33,11 +33,10 @@ from denoising import pick_device  # noqa: E402  (after the path to the reposito
 from recovery import build_model, fit_batch  # noqa: E402
 from utils import InputError  # noqa: E402
 from utils.config import RunConfig  # noqa: E402
-from utils.images import centre_crop, resolve_image  # noqa: E402
+from utils.images import SHARED_IMAGES, centre_crop, resolve_image  # noqa: E402
 from utils.noise import corrupt  # noqa: E402
 from utils.seeding import derive_seed  # noqa: E402
 
-SHARED_IMAGES = ROOT.parent / "shared" / "data" / "denoising"
 # Each method: its RunConfig settings (the prior fills in the rest) and its iteration budget.
 METHODS = {
     "DIP": ({"prior": "skip", "alg": "adam", "lr": 0.01, "width": 128}, 3000),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.images import DEFAULT_DATA_DIR, centre_crop, resolve_image
+from utils.images import DEFAULT_DATA_DIR, SHARED_IMAGES, centre_crop, resolve_image
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,7 +25,6 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["OMP_NUM_THREADS"] = "1"
 
 
-SHARED_IMAGES = ROOT.parent / "shared" / "data" / "denoising"
 HAVE_PAPER_IMAGES = (SHARED_IMAGES / "F16.png").is_file()
 # The image of the behavioural tests: the paper's F16, or scikit-image's chelsea (the cat).
 TEST_IMAGE = ("F16", SHARED_IMAGES) if HAVE_PAPER_IMAGES else ("cat", DEFAULT_DATA_DIR)

@@ -2,8 +2,6 @@
 reference, and what they do inside the loop (inpainting, super-resolution, deblurring, DOP with
 an operator when the observation carries outliers, blind deblurring)."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -13,11 +11,12 @@ from scipy.signal import convolve2d
 from recovery import build_model, fit, make_optimizer, set_learning_rates
 from tests.conftest import image_crop
 from utils.config import RunConfig
+from utils.images import SHARED_DATA
 from utils.metrics import kernel_correlation, psnr, ssim, ssim_of
 from utils.noise import corrupt
 from utils.operators import Blur, Downsample, KernelNet, Mask, bernoulli_mask
 
-LEVIN = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "levin"
+LEVIN = SHARED_DATA / "levin"
 HAVE_LEVIN = (LEVIN / "gt" / "im1.png").is_file()
 
 

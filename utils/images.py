@@ -17,6 +17,9 @@ from utils import InputError
 from utils.io import atomic_write
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "denoising"
+# The data beside the clone, never committed: the paper's images, Levin et al.'s set.
+SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+SHARED_IMAGES = SHARED_DATA / "denoising"
 
 # The test images of the paper (Figures 3-5) with the sha256 of the public copies.
 PAPER_IMAGES = {
