@@ -1,5 +1,5 @@
 """The lottery image prior (Wu, Chen, Jiang, Wang, TMLR 2023): sparse subnetworks of the DIP skip
-net found by iterative magnitude pruning (IMP), and their evaluation.
+net found by iterative magnitude pruning (IMP, ``experiments/imp.py``), and their evaluation.
 
     python lip.py --image F16 --crop 64 --width 16 --rounds 5 --num_iter 1000 --gpu cpu --ckpt F16
     python lip.py --image F16,Peppers ...          # one net fitted to both images: one mask
@@ -7,56 +7,33 @@ net found by iterative magnitude pruning (IMP), and their evaluation.
     python lip.py evaluate --masks checkpoints/lip/F16 --rounds 5 --images F16,Peppers \\
         --crop 64 --width 16 --num_iter 1000 --noise gaussian --nlevel 0.1 --gpu cpu
 
-IMP: train the net (``--prior lip`` with the current mask) for --num_iter iterations on the
-target, prune 20% of the surviving convolution weights globally by magnitude (biases and
-BatchNorm are not pruned), rewind the survivors to their initial values (or, --rewind_iter r, to
-their values at iteration r of the first round), repeat --rounds times: sparsity 1 − 0.8^k after
-round k. Round k's mask is OUT_DIR/CKPT_mask_k.pt (k = 0: the dense net), beside it
-CKPT_random_k.pt, a random mask with the same number of pruned weights in every layer over the
-same starting weights (the baseline), and CKPT_imp.json, each round's outcome. The target is the
-noisy observation by default (no ground truth); ``--imp_target clean`` uses the clean image, as
-the paper's code does, and is labelled oracle wherever it is recorded. Every other flag is
-denoising.py's (the method defaults to dip; the optimizer to the paper's Adam 0.01).
+Round k's mask is OUT_DIR/CKPT_mask_k.pt (k = 0: the dense net), beside it CKPT_random_k.pt, a
+random mask with the same number of pruned weights in every layer (the baseline), and
+CKPT_imp.json. Every other flag is denoising.py's (the method defaults to dip; the optimizer to
+the paper's Adam 0.01).
 
-``evaluate`` trains every mask of an IMP run (and its random twins) with denoising.py
-``--prior lip --mask`` on each image and writes the PSNR-against-sparsity table and figure.
+``evaluate`` trains every mask of an IMP run (and its random twins) with ``--prior lip --mask``
+on each image and writes the PSNR-against-sparsity table and figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
-import denoising
+from engine import run
+from engine.config import RunConfig, parse, parser
+from engine.runner import ended
+from experiments.imp import TARGETS, Search, mask_path, run_search
 from models.decoder import width_for
-from models.lip import (
-    LipPrior,
-    Ticket,
-    dense_ticket,
-    load_ticket,
-    prune_count,
-    prune_global,
-    random_like,
-    save_ticket,
-    trained_count,
-)
-from models.skip import SkipPrior
-from recovery import build_model, fit_batch
-from utils import InputError
-from utils.config import RunConfig, parse, parser
-from utils.io import atomic_write, save_csv, save_json
-from utils.rundir import check_same
-from utils.seeding import derive_seed
+from models.lip import Ticket, load_ticket, trained_count
+from utils import InputError, guarded
+from utils.io import atomic_write, save_csv
+from utils.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent
-TARGETS = ("noisy", "clean")
 
 
 def find_parser() -> argparse.ArgumentParser:
@@ -76,117 +53,14 @@ def find_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_find(argv: list[str] | None) -> tuple[RunConfig, list[str], dict]:
-    """The run settings (method dip unless given), the images, and the IMP settings."""
+def parse_search(argv: list[str] | None) -> Search:
+    """The search of a lip.py command line (``--image A,B``: several images fitted at once)."""
     args = vars(find_parser().parse_args(argv))
     imp = {key: args.pop(key) for key in ("rounds", "imp_target", "rewind_iter")}
-    if args.pop("prior", "skip") != "skip" or args.pop("mask", None) is not None:
-        raise InputError("lip.py prunes the skip net: no --prior or --mask")
-    images = (args.pop("image", None) or "").split(",")
-    cfg = RunConfig(**({"method": "dip"} | args | {"image": images[0] or None}))
-    cfg.check()
-    cfg = cfg.with_defaults(LipPrior)  # the paper's optimizer, the noise's level
-    bad = [(imp["rounds"] < 1, "--rounds must be at least 1"),
-           (imp["rewind_iter"] < 0 or imp["rewind_iter"] >= cfg.num_iter,
-            "--rewind_iter must be in [0, --num_iter)"),
-           (imp["rewind_iter"] > 0 and len(images) > 1,
-            "--rewind_iter needs one image (the shared net of several has no per-run state)"),
-           (cfg.observed is not None and imp["imp_target"] == "clean" and cfg.clean is None,
-            "--imp_target clean needs a clean image (--clean)")]  # fmt: skip
-    for failed, message in bad:
-        if failed:
-            raise InputError(message)
-    return cfg, [name for name in images if name] or [cfg.image], imp
-
-
-def check_same_search(path: Path, argv: list[str]) -> None:
-    """InputError unless the IMP record ``path`` (OUT_DIR/CKPT_imp.json) was made with the
-    settings of the lip.py command line ``argv`` (iterations, rounds and target included)."""
-    cfg, _, imp = parse_find(argv)
-    saved = json.loads(Path(path).read_text())
-    advice = "delete the search's files or choose another folder"
-    check_same(path, saved["settings"], {"num_iter": cfg.num_iter} | cfg.defining(), advice)
-    check_same(path, saved["imp"], imp, advice)
-
-
-def mask_path(out_dir: Path | str, ckpt: str, kind: str, round_: int) -> Path:
-    """OUT_DIR/CKPT_mask_k.pt for the IMP masks, CKPT_random_k.pt for their random twins."""
-    return Path(out_dir) / f"{ckpt}_{kind}_{round_}.pt"
-
-
-def load_targets(cfg: RunConfig, images: list[str], target: str):
-    """(targets, clean or None, data identities) for the images, stacked (K, C, H, W)."""
-    datas = [denoising.load_data(dataclasses.replace(cfg, image=name)) for name in images]
-    if len({d.y.shape for d in datas}) > 1:
-        raise InputError("images fitted at once must have one size: give --crop")
-    stack = lambda arrays: torch.from_numpy(np.stack(arrays))  # noqa: E731
-    clean = stack([d.clean for d in datas]) if all(d.clean is not None for d in datas) else None
-    y = clean if target == "clean" else stack([d.y for d in datas])
-    return y, clean, [d.identity for d in datas]
-
-
-def find_masks(cfg: RunConfig, images: list[str], imp: dict, device: torch.device,
-               progress: bool = False) -> list[dict]:  # fmt: skip
-    """Iterative magnitude pruning; writes every round's mask and random twin. Returns the rounds'
-    outcomes (as CKPT_imp.json holds them)."""
-    y, clean, identities = load_targets(cfg, images, imp["imp_target"])
-    y, clean = y.to(device), None if clean is None else clean.to(device)
-    train = dataclasses.replace(cfg, prior="lip")
-    seeds, shared = [cfg.seed] * len(images), len(images) > 1
-    init = SkipPrior(y.shape[1:], width=cfg.width, seeds=[cfg.seed]).net
-    provenance = {
-        "images": identities, "target": imp["imp_target"],
-        "uses_ground_truth": imp["imp_target"] == "clean", "rounds": imp["rounds"],
-        "seed": cfg.seed, "width": cfg.width, "num_iter": cfg.num_iter,
-        "rewind_iter": imp["rewind_iter"], "method": cfg.method, "loss": cfg.loss,
-        "noise": cfg.noise, "nlevel": train.nlevel, "crop": cfg.crop, "alg": train.alg,
-        "lr": train.lr, "reg_noise_std": train.reg_noise_std,
-        "date": time.strftime("%Y-%m-%d"),
-    }  # fmt: skip
-    ticket = dense_ticket(init, {"provenance": provenance})
-    save_ticket(mask_path(cfg.out_dir, cfg.ckpt, "mask", 0), ticket)
-    total = sum(m.numel() for m in ticket.mask.values())
-    outcomes = []
-    for k in range(1, imp["rounds"] + 1):
-        start = time.perf_counter()
-        model = build_model(train, y.shape[1:], seeds, ticket=ticket, shared=shared).to(device)
-        states = None
-        if k == 1 and imp["rewind_iter"]:
-            state, rewind = train_to_rewind(model, y, train, seeds, clean, imp, progress)
-            ticket, states = Ticket(ticket.mask, rewind, ticket.meta), [state]
-        [result, *_] = fit_batch(model, y, train, seeds=seeds, clean=clean, states=states,
-                                 progress=progress)  # fmt: skip
-        remaining = sum(int(m.sum()) for m in ticket.mask.values())
-        mask = prune_global(model.prior.net, prune_count(total, remaining, k))
-        ticket = Ticket(mask, ticket.rewind, {"kind": "lip", "round": k,
-                                              "provenance": provenance})  # fmt: skip
-        save_ticket(mask_path(cfg.out_dir, cfg.ckpt, "mask", k), ticket)
-        twin = random_like(ticket, derive_seed(cfg.seed, "weights") + k)
-        save_ticket(mask_path(cfg.out_dir, cfg.ckpt, "random", k), twin)
-        last = result.history[-1]
-        outcomes.append({
-            "round": k, "sparsity": ticket.sparsity(), "trained_sparsity": 1 - remaining / total,
-            "final_loss": last["loss"],
-            "psnr_vs_clean_of_trained_net": last.get("psnr"),  # of image 1's last iterate
-            "seconds": round(time.perf_counter() - start, 2),
-        })  # fmt: skip
-        print(f"round {k}: trained at sparsity {1 - remaining / total:.4f} (PSNR "
-              f"{last.get('psnr', float('nan')):.2f} dB), pruned to {ticket.sparsity():.4f}",
-              flush=True)  # fmt: skip
-    return outcomes
-
-
-def train_to_rewind(model, y, cfg, seeds, clean, imp, progress) -> tuple[dict, dict]:
-    """Round 1 up to --rewind_iter through the loop's own checkpoint: (the resumable state there,
-    the net's weights there as a single SkipNet state, the rewind point)."""
-    states: list = []
-    fit_batch(model, y, dataclasses.replace(cfg, num_iter=imp["rewind_iter"]), seeds=seeds,
-              clean=clean, checkpoint=states.append, progress=progress)  # fmt: skip
-    state, prefix = states[-1][0], "prior.net."
-    rewind = {key[len(prefix) :].replace("weight_orig", "weight"): value.clone()
-              for key, value in state["model"].items()
-              if key.startswith(prefix) and not key.endswith("_mask")}  # fmt: skip
-    return state, rewind
+    images = tuple(name for name in (args.pop("image", None) or "").split(",") if name)
+    cfg = RunConfig(**args)
+    return Search(cfg, images or (cfg.image,), imp["rounds"], imp["imp_target"],
+                  imp["rewind_iter"])  # fmt: skip
 
 
 EVAL_FIELDS = ["mask_from", "kind", "round", "sparsity", "image", "task", "width",
@@ -245,10 +119,9 @@ def evaluate(argv: list[str]) -> int:
     observations (same image, task, noise and seed)."""
     args, rest = eval_parser().parse_known_args(argv)
     images, runs, rounds = args.images.split(","), Path(args.runs), chosen_rounds(args)
-    task = parse(rest).task  # InputError on a bad flag of denoising.py
-    tag = "" if task == "denoise" else f"_{task}"  # a task's runs apart from denoising's
-    common = [*rest, "--out_dir", str(runs), "--quiet"]
-    jobs = []  # (row, argv)
+    base = dataclasses.replace(parse(rest), out_dir=str(runs), quiet=True, reuse=True)
+    tag = "" if base.task == "denoise" else f"_{base.task}"  # a task's runs apart from denoising's
+    jobs = []  # (row, config)
     lip_of_round = {}
     for n, prefix in enumerate(args.masks.split(",")):
         kinds = [("mask", 0)] if n == 0 else []  # the dense net (the same for every prefix)
@@ -264,13 +137,14 @@ def evaluate(argv: list[str]) -> int:
                 row = {"mask_from": Path(prefix).name, "kind": label, "round": k,
                        "sparsity": ticket.sparsity(), "image": image, "ckpt": ckpt,
                        "imp_target": ticket.meta["provenance"]["target"]}  # fmt: skip
-                jobs.append((row, [*common, "--image", image, "--prior", "lip", "--mask",
-                                   str(path), "--ckpt", ckpt]))  # fmt: skip
-    jobs += decoder_jobs(lip_of_round, images, common, tag)
-    todo = pending(dict((row["ckpt"], argv) for row, argv in jobs), runs)
-    codes = denoising.run_batch([[*a, "--overwrite"] for a in todo], args.batch)
-    if any(codes):
-        raise InputError(f"{sum(map(bool, codes))} evaluation runs failed")
+                jobs.append((row, dataclasses.replace(base, image=image, prior="lip",
+                                                      mask=str(path), ckpt=ckpt)))  # fmt: skip
+    jobs += decoder_jobs(lip_of_round, images, base, tag)
+    for _, cfg in jobs:  # a run of one of these names made otherwise: refused before any runs
+        ended(cfg)
+    outcomes = run([cfg for _, cfg in jobs], max_batch=args.batch)
+    if failed := [o.cfg.ckpt for o in outcomes if o.code]:
+        raise InputError(f"{len(failed)} evaluation runs failed: {', '.join(failed)}")
     rows = [row | report_of(runs, row["ckpt"]) for row, _ in jobs]
     Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
     save_csv(Path(args.csv), EVAL_FIELDS, ([row[f] for f in EVAL_FIELDS] for row in rows))
@@ -280,9 +154,9 @@ def evaluate(argv: list[str]) -> int:
     return 0
 
 
-def decoder_jobs(lips: dict[int, Ticket], images: list[str], common: list[str], tag: str
-                 ) -> list[tuple[dict, list[str]]]:  # fmt: skip
-    """(row, argv) of the deep decoder matched to each round's LIP mask, on every image: the
+def decoder_jobs(lips: dict[int, Ticket], images: list[str], base: RunConfig, tag: str
+                 ) -> list[tuple[dict, RunConfig]]:  # fmt: skip
+    """(row, config) of the deep decoder matched to each round's LIP mask, on every image: the
     width whose parameter count is closest to the LIP net's trained count (runs named by width,
     so rounds matched to one width share them)."""
     jobs = []
@@ -292,29 +166,13 @@ def decoder_jobs(lips: dict[int, Ticket], images: list[str], common: list[str], 
             ckpt = f"decoder_w{width}_{image}{tag}"
             row = {"mask_from": "", "kind": "decoder", "round": k, "sparsity": ticket.sparsity(),
                    "image": image, "ckpt": ckpt, "imp_target": ""}  # fmt: skip
-            jobs.append((row, [*common, "--image", image, "--prior", "decoder", "--width",
-                               str(width), "--ckpt", ckpt]))  # fmt: skip
+            jobs.append((row, dataclasses.replace(base, image=image, prior="decoder",
+                                                  width=width, ckpt=ckpt)))  # fmt: skip
     return jobs
 
 
-def pending(argvs: dict[str, list[str]], runs: Path) -> list[list[str]]:
-    """The command lines (by run name) whose run has not ended; InputError when a run of that
-    name ended with other settings (iterations included)."""
-    todo = []
-    for ckpt, argv in argvs.items():
-        rundir = denoising.RunDir(runs, ckpt)
-        if (record := rundir.config()) is None:
-            todo.append(argv)
-            continue
-        cfg = parse(argv).with_defaults()
-        check_same(rundir.path("config"), record["settings"],
-                   cfg.defining() | {"num_iter": cfg.num_iter},
-                   "delete its files or choose another --runs")  # fmt: skip
-    return todo
-
-
 def report_of(runs: Path, ckpt: str) -> dict:
-    record = denoising.RunDir(runs, ckpt).config()
+    record = RunDir(runs, ckpt).config()
     report, settings = record["report"], record["settings"]
     return {"psnr": report.get("final_psnr"), "ssim": report.get("final_ssim"),
             "oracle_best_psnr": report.get("oracle_best_psnr_vs_clean"),
@@ -386,26 +244,17 @@ def plot_sparsity(rows: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
+
+    def body() -> int:
         if argv[:1] == ["evaluate"]:
             return evaluate(argv[1:])
-        cfg, images, imp = parse_find(argv)
-        device, name = denoising.pick_device(cfg.gpu)
-        print(f"device: {name}", flush=True)
-        out = Path(cfg.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        existing = sorted(out.glob(f"{cfg.ckpt}_mask_*.pt"))
-        if existing and not cfg.overwrite:
-            raise InputError(f"{existing[0]} exists: pass --overwrite or choose another --ckpt")
-        outcomes = find_masks(cfg, images, imp, device, progress=not cfg.quiet)
-        save_json(out / f"{cfg.ckpt}_imp.json",
-                  {"settings": dataclasses.asdict(cfg), "imp": imp, "device": name,
-                   "rounds": outcomes})  # fmt: skip
-        print(f"masks in {out}/{cfg.ckpt}_mask_*.pt (random twins: {cfg.ckpt}_random_*.pt)")
+        search = parse_search(argv)
+        run_search(search, progress=not search.cfg.quiet)
+        cfg = search.cfg
+        print(f"masks in {cfg.out_dir}/{cfg.ckpt}_mask_*.pt (random twins: {cfg.ckpt}_random_*.pt)")
         return 0
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+
+    return guarded(body)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ images, 512×512 centre crops, noisy 20.60 dB). Runs are denoising.py runs (reus
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -39,11 +40,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import baselines
-import denoising
-from recovery import build_model, fit_batch
-from utils import InputError
-from utils.config import RunConfig, parse
+from engine import RunConfig, run
+from engine.data import observe
+from engine.device import pick_device
+from engine.loop import build_model, fit_batch
+from experiments import baselines
+from models.skip import SCALES, min_input_size
+from utils import ArgumentParser, InputError, guarded
 from utils.images import DEFAULT_DATA_DIR, centre_crop, resolve_image
 from utils.io import atomic_write, save_csv
 from utils.noise import gaussian
@@ -63,10 +66,9 @@ CSV_FIELDS = ["generator", "target", "iteration", "mse"]
 # Heckel & Soltanolkotabi's Table 1 and the runs that set it up at a smaller scale.
 PUBLISHED = {"DIP": 25.77, "deep decoder": 27.84, "BM3D": 25.52}
 TABLE_RUNS = {
-    "DIP": ["--prior", "skip", "--width", "128", "--alg", "adam", "--lr", "0.01",
-            "--num_iter", "1800"],
-    "deep decoder": ["--prior", "decoder", "--width", "128", "--num_iter", "3000"],
-}  # fmt: skip
+    "DIP": {"prior": "skip", "width": 128, "alg": "adam", "lr": 0.01, "num_iter": 1800},
+    "deep decoder": {"prior": "decoder", "width": 128, "num_iter": 3000},
+}
 
 
 class FitError(Observer):
@@ -101,7 +103,7 @@ def fit_curves(targets: Tensor, settings: dict, num_iter: int, every: int, seed:
     """One generator fitted to each target (K = len(targets) runs of one seed): rows of
     (target, iteration, mse)."""
     cfg = RunConfig(**settings, method="dip", width=width, num_iter=num_iter, show_every=every,
-                    save_every=num_iter).with_defaults()  # fmt: skip
+                    save_every=num_iter).resolved()  # fmt: skip
     seeds = [seed] * len(targets)
     model = build_model(cfg, targets.shape[1:], seeds).to(device)
     targets = targets.to(device)
@@ -142,9 +144,13 @@ def plot_curves(rows: list[dict], path: Path, title: str) -> None:
 
 def curves(args: argparse.Namespace) -> int:
     loaded = resolve_image(args.image, Path(args.data_dir))
+    side, least = min(loaded.pixels.shape[1:]), min_input_size(SCALES)
+    if not least <= args.crop <= side:
+        raise InputError(f"--crop {args.crop}: the curves need a crop between {least} (the skip "
+                         f"net's smallest input) and the image's side, {side}")  # fmt: skip
     clean = np.ascontiguousarray(centre_crop(loaded.pixels, args.crop, args.crop))
     targets = make_targets(clean, args.sigma, args.seed)
-    device, name = denoising.pick_device(args.gpu)
+    device, name = pick_device(args.gpu)
     rows = []
     for generator, settings in GENERATORS.items():
         start = time.perf_counter()
@@ -163,28 +169,25 @@ def curves(args: argparse.Namespace) -> int:
 
 
 def table(args: argparse.Namespace) -> int:
-    """DIP and the deep decoder (denoising.py runs) and BM3D on each image; a markdown table."""
-    common = ["--noise", "gaussian_shared", "--nlevel", f"{args.sigma:.6g}", "--method", "dip",
-              "--crop", str(args.crop), "--data_dir", args.data_dir, "--out_dir", args.out_dir,
-              "--show_every", "100", "--save_every", "600", "--quiet"]  # fmt: skip
-    common += [] if args.gpu is None else ["--gpu", args.gpu]
+    """DIP and the deep decoder (runs of the runner, reused when finished) and BM3D on each
+    image; a markdown table."""
+    base = RunConfig(noise="gaussian_shared", nlevel=args.sigma, method="dip", crop=args.crop,
+                     data_dir=args.data_dir, out_dir=args.out_dir, show_every=100,
+                     save_every=600, quiet=True, reuse=True, gpu=args.gpu)  # fmt: skip
     scores: dict[str, dict[str, float]] = {}
-    for method, flags in TABLE_RUNS.items():
-        argvs = []
-        for image in args.images:
-            ckpt = f"{image}_{method.replace(' ', '_')}_{args.crop}"
-            done = RunDir(Path(args.out_dir), ckpt).config() is not None
-            if not done:
-                argvs.append([*common, *flags, "--image", image, "--ckpt", ckpt, "--overwrite"])
-        if any(denoising.run_batch(argvs, max_batch=len(args.images))):
+    for method, settings in TABLE_RUNS.items():
+        configs = [dataclasses.replace(base, **settings, image=image,
+                                       ckpt=f"{image}_{method.replace(' ', '_')}_{args.crop}")
+                   for image in args.images]  # fmt: skip
+        if any(o.code for o in run(configs, max_batch=len(configs))):
             raise InputError(f"a {method} run failed")
-        for image in args.images:
-            ckpt = f"{image}_{method.replace(' ', '_')}_{args.crop}"
-            report = RunDir(Path(args.out_dir), ckpt).config()["report"]
+        for image, cfg in zip(args.images, configs, strict=True):
+            report = RunDir(Path(args.out_dir), cfg.ckpt).config()["report"]
             scores.setdefault(image, {"noisy": report["noisy_psnr"]})[method] = report["final_psnr"]
     for image in args.images:
-        data = denoising.load_data(parse([*common, "--image", image]).with_defaults())
-        scores[image]["BM3D"] = baselines.evaluate(data.y, data.clean, args.sigma)["bm3d"]["psnr"]
+        observation = observe(dataclasses.replace(base, image=image).resolved())
+        scores[image]["BM3D"] = baselines.evaluate(observation.y, observation.clean,
+                                                   args.sigma)["bm3d"]["psnr"]  # fmt: skip
     methods = ["noisy", *TABLE_RUNS, "BM3D"]
     lines = ["| image | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for image, row in scores.items():
@@ -198,7 +201,7 @@ def table(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("what", nargs="?", choices=("curves", "table"), default="curves")
     p.add_argument("--image", default="F16", help="curves: the image (a paper image, a path, ...)")
     p.add_argument("--images", default="F16,Peppers", help="table: images, comma-separated")
@@ -223,12 +226,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
+    def body() -> int:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         return curves(args) if args.what == "curves" else table(args)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+
+    return guarded(body)
 
 
 if __name__ == "__main__":

@@ -6,41 +6,41 @@ deblur), both scored as Levin et al. score them (utils.metrics.align: the sub-pi
 best aligns the estimate with the ground truth, then a 15-pixel border crop), with the error
 ratio SSD(blind) / SSD(true kernel) (utils.metrics.error_ratio).
 
-    OMP_NUM_THREADS=1 python benchmarks/levin.py --profile quick --gpu cpu   # a 2-core CPU
-    python benchmarks/levin.py --profile full --gpu 0     # SelfDeblur's setting, for a GPU
-    python benchmarks/levin.py --profile full --dry_run   # its denoising.py command lines
-    python benchmarks/levin.py --profile quick --table    # score the finished runs only
+    OMP_NUM_THREADS=1 python -m benchmarks.levin --profile quick --gpu cpu   # a 2-core CPU
+    python -m benchmarks.levin --profile full --gpu 0     # SelfDeblur's setting, for a GPU
+    python -m benchmarks.levin --profile full --dry_run   # its denoising.py command lines
+    python -m benchmarks.levin --profile quick --table    # score the finished runs only
 
-Every run is a denoising.py command line run by denoising.run_batch: finished runs are reused,
-killed ones resumed. The table goes to stdout and to --csv (default docs/levin_PROFILE.csv).
+Every run is a RunConfig run by the runner (engine.run): finished runs are reused, killed ones
+resumed. The table goes to stdout and to --csv (default docs/levin_PROFILE.csv).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import itertools
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
+from engine import RunConfig, run
+from engine.config import to_argv
+from tasks import TASKS
+from utils import ArgumentParser, InputError, guarded
+from utils.images import SHARED_DATA
+from utils.io import atomic_write, save_csv
+from utils.metrics import LEVIN_SHIFT, align, error_ratio
+from utils.rundir import RunDir
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-import denoising  # noqa: E402
-from utils import ArgumentParser, InputError  # noqa: E402
-from utils.config import TASK_DEFAULTS, RunConfig  # noqa: E402
-from utils.images import SHARED_DATA  # noqa: E402
-from utils.io import atomic_write, save_csv  # noqa: E402
-from utils.metrics import LEVIN_SHIFT, align, error_ratio  # noqa: E402
-from utils.rundir import RunDir  # noqa: E402
-
 IMAGES, KERNELS = range(1, 5), range(1, 9)
-SELFDEBLUR = TASK_DEFAULTS["blind-deblur"]  # Adam, lr 0.01, eta std 0.001, step milestones
-SELFDEBLUR_ITERS = 5000  # the length SelfDeblur's schedule (loss switch, milestones) is set for
+SELFDEBLUR = TASKS["blind-deblur"].defaults  # 5000 iterations, l2 then 1 - SSIM, the milestones
 
 
 @dataclass(frozen=True)
@@ -135,36 +135,34 @@ def true_kernel(data_dir: Path, kernel: int, out_dir: Path) -> Path:
     return path
 
 
-def schedule(num_iter: int) -> list[str]:
-    """SelfDeblur's l2-then-SSIM loss and step schedule, scaled from 5000 to ``num_iter``."""
-    scale = num_iter / SELFDEBLUR_ITERS
+def schedule(num_iter: int) -> dict:
+    """SelfDeblur's l2-then-SSIM loss and step schedule, scaled from its 5000 iterations to
+    ``num_iter`` (the task's defaults at 5000)."""
+    scale = num_iter / SELFDEBLUR["num_iter"]
     milestones = (round(int(m) * scale) for m in SELFDEBLUR["lr_milestones"].split(","))
-    switch = round(RunConfig().loss_switch * scale)
-    return ["--loss", "l2_then_ssim", "--loss_switch", str(switch),
-            "--lr_milestones", ",".join(map(str, milestones))]  # fmt: skip
+    return {"num_iter": num_iter, "loss_switch": round(RunConfig().loss_switch * scale),
+            "lr_milestones": ",".join(map(str, milestones))}  # fmt: skip
 
 
-def runs(profile: Profile, data_dir: Path, out_dir: Path) -> dict[str, list[str]]:
-    """The denoising.py arguments of every run by its name: each case's blind run and its
-    image-and-kernel's non-blind run (shared by an exact and an over-specified case). Writes
-    the true kernels they name (``true_kernel``)."""
+def runs(profile: Profile, data_dir: Path, out_dir: Path) -> dict[str, RunConfig]:
+    """The configs of every run by its name: each case's blind run and its image-and-kernel's
+    non-blind run (shared by an exact and an over-specified case), both with the task's
+    (SelfDeblur's) defaults. Writes the true kernels they name (``true_kernel``)."""
     out = {}
     for case in profile.cases:
         i, k, size = case.image, case.kernel, true_size(data_dir, case.kernel)
         show = max(1, profile.num_iter // 20)  # logged rows; a checkpoint every 5
-        common = ["--observed", str(data_dir / f"im{i}_kernel{k}_img.png"),
-                  "--clean", str(data_dir / "gt" / f"im{i}.png"), "--method", "dip",
-                  "--width", str(profile.width), "--num_iter", str(profile.num_iter),
-                  "--show_every", str(show), "--save_every", str(5 * show), "--quiet",
-                  *schedule(profile.num_iter)]  # fmt: skip
-        common += [] if profile.crop is None else ["--crop", str(profile.crop)]
-        kernel = ["--kernel", str(true_kernel(data_dir, k, out_dir))]
-        blind = ["--task", "blind-deblur", "--kernel_size", str(case.given_size(size))]
-        out[blind_name(case, size)] = [*common, *blind, *kernel, "--ckpt", blind_name(case, size)]
-        keys = ("alg", "lr", "reg_noise_std")  # SelfDeblur's, which --task deblur leaves unset
-        optimizer = [a for key in keys for a in (f"--{key}", str(SELFDEBLUR[key]))]
-        out[f"deblur_im{i}_k{k}"] = [*common, "--task", "deblur", *kernel, *optimizer,
-                                     "--ckpt", f"deblur_im{i}_k{k}"]  # fmt: skip
+        common = RunConfig(observed=str(data_dir / f"im{i}_kernel{k}_img.png"),
+                           clean=str(data_dir / "gt" / f"im{i}.png"), width=profile.width,
+                           show_every=show, save_every=5 * show, quiet=True, reuse=True,
+                           crop=profile.crop, out_dir=str(out_dir),
+                           kernel=str(true_kernel(data_dir, k, out_dir)),
+                           **schedule(profile.num_iter))  # fmt: skip
+        name = blind_name(case, size)
+        out[name] = dataclasses.replace(common, task="blind-deblur", ckpt=name,
+                                        kernel_size=case.given_size(size))  # fmt: skip
+        out[f"deblur_im{i}_k{k}"] = dataclasses.replace(common, task="deblur",
+                                                        ckpt=f"deblur_im{i}_k{k}")  # fmt: skip
     return out
 
 
@@ -231,14 +229,10 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return run(argv)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return guarded(lambda: measure(argv))
 
 
-def run(argv: list[str] | None) -> int:
+def measure(argv: list[str] | None) -> int:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--profile", choices=PROFILES, default="quick")
     p.add_argument("--data_dir", default=str(SHARED_DATA / "levin"))
@@ -263,29 +257,24 @@ def run(argv: list[str] | None) -> int:
             kept = "rotated" if rotated(data_dir, k) else "as it is"
             print(f"kernel {k}: as it is {as_is:.2f} dB, rotated {turned:.2f} dB: {kept}")
         return 0
-    codes: list[int] = []  # the runs' exit codes
+    code = 0
     if not args.table:
-        argvs = []
-        for name, run in runs(profile, data_dir, out_dir).items():
-            if args.only is not None and args.only not in name:
-                continue
-            run = [*run, "--out_dir", str(out_dir)]
-            run += [] if args.gpu is None else ["--gpu", args.gpu]
-            if RunDir(out_dir, name).path("state").is_file():
-                run.append("--resume")
-            argvs.append(run)
+        configs = [dataclasses.replace(cfg, gpu=args.gpu)
+                   for name, cfg in runs(profile, data_dir, out_dir).items()
+                   if args.only is None or args.only in name]  # fmt: skip
         if args.dry_run:
-            print("\n".join("python denoising.py " + " ".join(a) for a in argvs))
+            print("\n".join("python denoising.py " + shlex.join(to_argv(c)) for c in configs))
             return 0
-        codes = denoising.run_batch(argvs, args.batch)
-        if any(codes):
-            print(f"error: {sum(c != 0 for c in codes)} runs failed", file=sys.stderr)
+        failed = [o.cfg.ckpt for o in run(configs, max_batch=args.batch) if o.code]
+        if failed:
+            print(f"error: {len(failed)} runs failed: {', '.join(failed)}", file=sys.stderr)
+            code = 1
     rows = score(profile, data_dir, out_dir)
     if rows:
         csv = Path(args.csv or ROOT / "docs" / f"levin_{args.profile}.csv")
         save_csv(csv, list(rows[0]), (r.values() for r in rows))
     print(table(rows))
-    return 1 if any(codes) else 0
+    return code
 
 
 if __name__ == "__main__":

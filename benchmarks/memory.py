@@ -1,8 +1,8 @@
 """Peak memory and iterations/s of the faithful, fast and low-memory paths, side by side.
 
-    python benchmarks/memory.py                                  # 256x256, width 128, 4 iterations
-    python benchmarks/memory.py --size 1024 --paths faithful low_memory --iters 3
-    python benchmarks/memory.py --table       # README's tables of the estimate (no run)
+    python -m benchmarks.memory                                  # 256x256, width 128, 4 iterations
+    python -m benchmarks.memory --size 1024 --paths faithful low_memory --iters 3
+    python -m benchmarks.memory --table       # README's tables of the estimate (no run)
 
 Peak resident memory is a maximum over a process's life (``ru_maxrss``), so each path runs in a
 fresh subprocess of this script (``--worker``), the paths alternating over ``--repeats`` rounds;
@@ -33,17 +33,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from engine.config import RunConfig
+from engine.device import memory_need, pick_device
+from engine.loop import Speed, build_model, fit_batch
+from models import PRIORS
+from utils import memory
+from utils.images import SHARED_IMAGES, centre_crop, resolve_image
+from utils.noise import salt_and_pepper
+from utils.seeding import derive_seed
 
-from denoising import memory_need, pick_device  # noqa: E402
-from models import PRIORS  # noqa: E402
-from recovery import Speed, build_model, fit_batch  # noqa: E402
-from utils import memory  # noqa: E402
-from utils.config import RunConfig  # noqa: E402
-from utils.images import SHARED_IMAGES, centre_crop, resolve_image  # noqa: E402
-from utils.noise import salt_and_pepper  # noqa: E402
-from utils.seeding import derive_seed  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -67,7 +66,7 @@ def settings(args: argparse.Namespace, path: str = "faithful") -> RunConfig:
     """The run's settings (the prior's defaults, as denoising.py fills them) on a path."""
     return RunConfig(prior=args.prior, width=args.width, num_iter=args.iters, show_every=1,
                      save_every=args.iters, fast="fast" in path,
-                     low_memory="low_memory" in path).with_defaults()  # fmt: skip
+                     low_memory="low_memory" in path).resolved()  # fmt: skip
 
 
 def speed_of(path: str, device: torch.device) -> Speed:
@@ -115,8 +114,8 @@ def worker(args: argparse.Namespace) -> dict:
 
 
 def run_worker(args: argparse.Namespace, path: str, argv: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, *argv, "--worker", path],
-                         capture_output=True, text=True, check=False)  # fmt: skip
+    out = subprocess.run([sys.executable, "-m", "benchmarks.memory", *argv, "--worker", path],
+                         capture_output=True, text=True, check=False, cwd=ROOT)  # fmt: skip
     if out.returncode != 0:
         raise RuntimeError(f"the {path} worker failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -1,8 +1,8 @@
 """Iterations per second of the faithful path against the fast path, in one process.
 
-    python benchmarks/speed.py                  # GPU: 512x512, width 128; CPU: 128x128, width 32
-    python benchmarks/speed.py --ablate --batch 4  # + each fast option alone, 4 runs batched
-    python benchmarks/speed.py --observers --repeats 5  # + the cost of each observer
+    python -m benchmarks.speed                  # GPU: 512x512, width 128; CPU: 128x128, width 32
+    python -m benchmarks.speed --ablate --batch 4  # + each fast option alone, 4 runs batched
+    python -m benchmarks.speed --observers --repeats 5  # + the cost of each observer
 
 Both paths run the same loop (recovery.fit_batch) on the same noisy image from the same seed,
 for the same number of iterations; the faithful path is the public code's recipe (fp32, eager),
@@ -28,18 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from denoising import pick_device  # noqa: E402  (after the path to the repository root is set)
-from experiments import VARIANTS  # noqa: E402
-from models.skip import SCALES, min_input_size  # noqa: E402
-from recovery import FitResult, Speed, build_model, build_observers, fit_batch  # noqa: E402
-from utils import InputError  # noqa: E402
-from utils.config import RunConfig  # noqa: E402
-from utils.images import SHARED_IMAGES, centre_crop, resolve_image  # noqa: E402
-from utils.noise import salt_and_pepper  # noqa: E402
-from utils.seeding import derive_seed  # noqa: E402
+from engine.config import RunConfig
+from engine.device import pick_device
+from engine.loop import FitResult, Speed, build_model, fit_batch, stopping_observers
+from experiments.sets import VARIANTS
+from models.skip import SCALES, min_input_size
+from utils import InputError
+from utils.images import SHARED_IMAGES, centre_crop, resolve_image
+from utils.noise import salt_and_pepper
+from utils.seeding import derive_seed
 
 ABLATIONS = ("channels_last", "bf16", "compile", "foreach", "fused", "tf32")
 
@@ -97,7 +94,7 @@ def compare(args: argparse.Namespace) -> int:
         raise InputError(f"--size {size} exceeds the image {pixels.shape[1:]}")
     clean_np = centre_crop(pixels, size, size)
     cfg = RunConfig(**VARIANTS[args.method], width=width, num_iter=iters,
-                    show_every=max(1, iters // 10), save_every=iters)  # fmt: skip
+                    show_every=max(1, iters // 10), save_every=iters).resolved()  # fmt: skip
 
     def data(seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         noisy = [
@@ -110,9 +107,8 @@ def compare(args: argparse.Namespace) -> int:
         y, clean = data(seeds)
         run_cfg = dataclasses.replace(cfg, **(settings or {}))
         model = build_model(run_cfg, clean_np.shape, seeds).to(device)
-        observers = build_observers(run_cfg, y.shape, y.dtype)
         results = fit_batch(model, y, run_cfg, seeds=seeds, clean=clean, speed=speed,
-                            observers=observers, progress=False)  # fmt: skip
+                            progress=False)  # fmt: skip
         return [finite(result) for result in results]
 
     fast = Speed.of(True, device)
@@ -193,7 +189,7 @@ def update_seconds(
 ) -> float:
     """Seconds per iteration that the observers of ``cfg`` spend in ``update``, on random
     outputs (their cost does not depend on the values)."""
-    observers = [o.to(device) for o in build_observers(cfg, shape, torch.float32)]
+    observers = [o.to(device) for o in stopping_observers(cfg, shape, torch.float32)]
     xs = torch.rand(8, *shape, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     sync()

@@ -3,11 +3,12 @@ super-resolution on the paper's images, without and with salt-and-pepper outlier
 observation, each variant of ROWS (DIP (L2), DIP-L1, DOP, the random projector) on the same
 observation (the same seed).
 
-    OMP_NUM_THREADS=1 python benchmarks/tasks.py --data_dir ../shared/data/denoising --gpu cpu
-    python benchmarks/tasks.py --table     # the table of the finished runs
+    OMP_NUM_THREADS=1 python -m benchmarks.tasks --data_dir ../shared/data/denoising --gpu cpu
+    python -m benchmarks.tasks --table     # the table of the finished runs
 
-Every run is a denoising.py command line (printed with --dry_run); runs of one setting on the
-images share one loop (denoising.run_batch), finished runs are reused and killed ones resumed.
+Every run is a RunConfig of the quick profile (its command line printed with --dry_run); runs of
+one setting on the images share one loop (engine.run), finished runs are reused and killed ones
+resumed.
 The quick profile of the paper's figures: 64x64 centre crops, width / 8, 3000 iterations, DOP's
 lr_c by the sqrt rule from 1000 (experiments.PROFILES["quick"]). The table (one row per variant,
 the mean last-iterate PSNR over the images) goes to stdout, every run's scores to --csv.
@@ -16,19 +17,20 @@ the mean last-iterate PSNR over the images) goes to stdout, every run's scores t
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shlex
 import sys
 from pathlib import Path
 
+from engine import RunConfig, run
+from engine.config import to_argv
+from experiments.sets import PAPER_IMAGES, PROFILES
+from utils import ArgumentParser, guarded
+from utils.io import save_csv
+from utils.rundir import RunDir
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import denoising  # noqa: E402
-from experiments import PAPER_IMAGES, PROFILES, VARIANTS, Run  # noqa: E402
-from utils import ArgumentParser, InputError  # noqa: E402
-from utils.io import save_csv  # noqa: E402
-from utils.rundir import RunDir  # noqa: E402
-
-TASKS = {"inpaint": ["--task", "inpaint", "--keep", "0.5"], "sr": ["--task", "sr", "--factor", "4"]}
+TASKS = {"inpaint": {"task": "inpaint", "keep": 0.5}, "sr": {"task": "sr", "factor": 4}}
 OUTLIERS = (0.0, 0.2)  # salt-and-pepper fraction of the observed entries
 # The table's rows: keys of experiments.VARIANTS, whose settings each run takes. A new prior (the
 # deep decoder, the random projector, the lottery prior) is one more entry there and here.
@@ -39,27 +41,15 @@ def name(task: str, nlevel: float, variant: str, image: str) -> str:
     return f"{task}_{image}_p{round(nlevel * 100):02d}_{variant}"
 
 
-def runs(images=PAPER_IMAGES) -> list[tuple[str, float, str, str, list[str]]]:
-    """(task, nlevel, variant, image, argv) of every run."""
+def runs(images=PAPER_IMAGES, out_dir: Path = Path("checkpoints/tasks")
+         ) -> list[tuple[str, float, str, str, RunConfig]]:  # fmt: skip
+    """(task, nlevel, variant, image, config) of every run, at the quick profile."""
     quick = PROFILES["quick"]
-    out = []
-    for task, task_args in TASKS.items():
-        for nlevel in OUTLIERS:
-            for variant in ROWS:
-                settings = VARIANTS[variant]
-                width = quick.width(Run("", nlevel, variant).paper_width())  # the prior's
-                for image in images:
-                    argv = [*task_args, "--image", image, "--nlevel", f"{nlevel:g}",
-                            "--crop", str(quick.crop), "--width", str(width),
-                            "--num_iter", str(quick.num_iter(150_000)),
-                            "--show_every", str(quick.show_every), "--save_every",
-                            str(quick.save_every), "--quiet",
-                            "--ckpt", name(task, nlevel, variant, image)]  # fmt: skip
-                    argv += [arg for key, value in settings.items() for arg in (f"--{key}", value)]
-                    if settings["method"] == "dop":
-                        argv += ["--lr_c", f"{quick.lr_c:g}", "--lr_c_scaling", quick.lr_c_scaling]
-                    out.append((task, nlevel, variant, image, argv))
-    return out
+    return [(task, nlevel, variant, image,
+             quick.config(variant, **settings, image=image, nlevel=nlevel, out_dir=str(out_dir),
+                          ckpt=name(task, nlevel, variant, image)))
+            for task, settings in TASKS.items() for nlevel in OUTLIERS for variant in ROWS
+            for image in images]  # fmt: skip
 
 
 # The CSV's columns from each run's report (config.json); the last is an oracle (the clean image).
@@ -72,7 +62,7 @@ def scores(out_dir: Path, images=PAPER_IMAGES) -> list[dict]:
     """Every finished run's last-iterate PSNR/SSIM, its observation's PSNR (sr: the bicubic
     upsampling) and the best PSNR over the logged rows (an oracle: it uses the clean image)."""
     rows = []
-    for task, nlevel, variant, image, _ in runs(images):
+    for task, nlevel, variant, image, _ in runs(images, out_dir):
         config = RunDir(out_dir, name(task, nlevel, variant, image)).config()
         if config is not None:
             report = config["report"]
@@ -105,14 +95,10 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return run(argv)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return guarded(lambda: measure(argv))
 
 
-def run(argv: list[str] | None) -> int:
+def measure(argv: list[str] | None) -> int:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out_dir", default="checkpoints/tasks")
     p.add_argument("--data_dir", default=None)
@@ -125,29 +111,23 @@ def run(argv: list[str] | None) -> int:
     p.add_argument("--csv", default=str(ROOT / "docs" / "tasks_quick.csv"))
     args = p.parse_args(argv)
     out_dir, images = Path(args.out_dir), args.images.split(",")
+    code = 0
     if not args.table:
-        argvs = []
-        for *_, run in runs(images):
-            name = run[run.index("--ckpt") + 1]
-            if args.only is not None and args.only not in name:
-                continue
-            run = run + ["--out_dir", str(out_dir)]
-            run += [] if args.data_dir is None else ["--data_dir", args.data_dir]
-            run += [] if args.gpu is None else ["--gpu", args.gpu]
-            if (out_dir / f"{name}_state.pt").is_file():
-                run.append("--resume")
-            argvs.append(run)
+        where = {"gpu": args.gpu} | ({} if args.data_dir is None else {"data_dir": args.data_dir})
+        configs = [dataclasses.replace(cfg, **where) for *_, cfg in runs(images, out_dir)
+                   if args.only is None or args.only in cfg.ckpt]  # fmt: skip
         if args.dry_run:
-            print("\n".join("python denoising.py " + " ".join(a) for a in argvs))
+            print("\n".join("python denoising.py " + shlex.join(to_argv(c)) for c in configs))
             return 0
-        codes = denoising.run_batch(argvs, args.batch)
-        if any(codes):
-            print(f"{sum(c != 0 for c in codes)} runs failed", file=sys.stderr)
+        failed = [o.cfg.ckpt for o in run(configs, max_batch=args.batch) if o.code]
+        if failed:
+            print(f"error: {len(failed)} runs failed: {', '.join(failed)}", file=sys.stderr)
+            code = 1
     rows = scores(out_dir, images)
     if rows:
         save_csv(Path(args.csv), list(rows[0]), (r.values() for r in rows))
     print(table(rows))
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Time to quality: how long DIP, the deep decoder and the deep random projector take to reach
 the same PSNR on the same noisy image, in one process.
 
-    python benchmarks/time_to_quality.py                 # CPU: F16 128x128, Gaussian σ 25/255
-    python benchmarks/time_to_quality.py --size 512 --gpu 0
+    python -m benchmarks.time_to_quality                 # CPU: F16 128x128, Gaussian σ 25/255
+    python -m benchmarks.time_to_quality --size 512 --gpu 0
 
 Each method runs with its reference settings (``METHODS``: DIP as in its notebooks, Adam 0.01,
 perturbation 1/30, width 128; the deep decoder k = 128, Adam 0.01; the random projector width
@@ -26,16 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from denoising import pick_device  # noqa: E402  (after the path to the repository root is set)
-from recovery import build_model, fit_batch  # noqa: E402
-from utils import InputError  # noqa: E402
-from utils.config import RunConfig  # noqa: E402
-from utils.images import SHARED_IMAGES, centre_crop, resolve_image  # noqa: E402
-from utils.noise import corrupt  # noqa: E402
-from utils.seeding import derive_seed  # noqa: E402
+from engine.config import RunConfig
+from engine.device import pick_device
+from engine.loop import build_model, fit_batch
+from utils import InputError
+from utils.images import SHARED_IMAGES, centre_crop, resolve_image
+from utils.noise import corrupt
+from utils.seeding import derive_seed
 
 # Each method: its RunConfig settings (the prior fills in the rest) and its iteration budget.
 METHODS = {
@@ -76,7 +73,7 @@ def run(name: str, args: argparse.Namespace, y, clean, device) -> dict:
     settings, iters = METHODS[name]
     settings = settings | ({"width": args.dip_width} if name == "DIP" else {})
     cfg = RunConfig(**settings, method="dip", num_iter=max(2, round(iters * args.scale_iters)),
-                    show_every=args.every, save_every=10**9).with_defaults()  # fmt: skip
+                    show_every=args.every, save_every=10**9).resolved()  # fmt: skip
     model = build_model(cfg, y.shape[1:], [args.seed]).to(device)
     [result] = fit_batch(model, y.to(device), cfg, seeds=[args.seed], clean=clean.to(device),
                          progress=False)  # fmt: skip

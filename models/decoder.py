@@ -76,7 +76,7 @@ class DecoderPrior(Prior):
     (K, k, H'/32, W'/32) with H', W' the sides rounded up to multiples of 32)."""
 
     defaults = {"method": "dip", "alg": "adam", "lr": 0.01, "reg_noise_std": 0.0, "width": 128}
-    dop_defaults = {"alg": "sgd", "lr": 1.0}  # DOP's plain gradient descent (Prior.settings)
+    dop_defaults = {"alg": "sgd", "lr": 1.0}  # DOP's plain gradient descent
     multiple = 2**UPSAMPLINGS
     memory_scale = 0.35  # 1x1 convs (measured at k = 128: docs/RESULTS.md, "Deep decoder")
 

@@ -185,7 +185,8 @@ class LipPrior(SkipPrior):
     """
 
     defaults = {"method": "dip", "alg": "adam", "lr": 0.01, "reg_noise_std": 1.0 / 30.0}
-    dop_defaults = {"alg": "sgd", "lr": 1.0}  # the skip net's under DOP (Prior.settings)
+    dop_defaults = {"alg": "sgd", "lr": 1.0}  # the skip net's under DOP
+    own_settings = ("mask",)
 
     def __init__(
         self,
@@ -224,6 +225,11 @@ class LipPrior(SkipPrior):
         """Trained entries per run: the surviving convolution weights and every other tensor."""
         pruned = sum(int((c.weight_mask == 0).sum()) for c in convolutions(self.net).values())
         return super().count_trained() - pruned // self.runs
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        if cfg.mask is None:
+            raise InputError("--prior lip needs --mask PATH (a mask file written by lip.py)")
 
     @classmethod
     def options(cls, cfg: Any) -> dict[str, Any]:

@@ -9,7 +9,13 @@ A prior is an ``nn.Module`` that defines
   (by default every parameter that requires a gradient);
 * ``defaults``: the settings of its reference code (optimizer, learning rate, input
   perturbation, width, loss, TV weight), used where the command line does not set them, and
-  ``dop_defaults``, those that replace them under DOP (``settings``);
+  ``dop_defaults``, those that replace them under DOP: DOP's implicit bias is that of plain
+  gradient descent with the discrepant steps lr and lr_c = α·lr (You et al., 2020); with Adam,
+  whose steps do not scale with the gradient, lr_c is no longer a ratio of steps and g, h grow
+  everywhere at once, so a prior whose reference optimizer is Adam names there the plain
+  gradient descent it runs under DOP (``engine.config.RunConfig.resolved`` applies them);
+* ``own_settings``: the ``RunConfig`` fields only this prior reads (refused with other priors),
+  and ``check(cfg)``, its one-line refusals of bad settings;
 * its constructor ``(image_shape, *, width, seeds, pad)``: K runs, each drawn from the streams of
   its own seed (``utils.seeding``), with every per-run tensor carrying the runs along dimension 0,
   so that K single-run states stack into the batch's state (``utils.state``);
@@ -42,6 +48,7 @@ from utils.state import stack_states
 class Prior(nn.Module):
     defaults: ClassVar[dict[str, object]] = {"alg": "adam", "lr": 0.01, "reg_noise_std": 0.0}
     dop_defaults: ClassVar[dict[str, object]] = {}
+    own_settings: ClassVar[tuple[str, ...]] = ()
     multiple: ClassVar[int] = 1
     checkpointing: ClassVar[bool] = False
     memory_scale: ClassVar[float] = 1.0
@@ -69,13 +76,8 @@ class Prior(nn.Module):
         return sum(p.numel() for p in self.trainable()) // self.runs
 
     @classmethod
-    def settings(cls, method: str | None) -> dict[str, object]:
-        """The prior's reference settings for ``method``. DOP's implicit bias is that of plain
-        gradient descent with the discrepant steps lr and lr_c = α·lr (You et al., 2020): with
-        Adam, whose steps do not scale with the gradient, lr_c is no longer a ratio of steps and
-        g, h grow everywhere at once. So a prior whose reference optimizer is Adam names, in
-        ``dop_defaults``, the plain gradient descent it runs under DOP."""
-        return cls.defaults | (cls.dop_defaults if method == "dop" else {})
+    def check(cls, cfg: Any) -> None:
+        """Refuse this prior's bad settings in one line (``utils.InputError``)."""
 
     @classmethod
     def options(cls, cfg: Any) -> dict[str, Any]:

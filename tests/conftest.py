@@ -1,17 +1,23 @@
-"""Shared fixtures. Paper images come from ../shared/data/denoising when it is there (never
-committed); without it the tests use images bundled with scikit-image, so that a fresh clone
-checks the same properties. Only tests marked ``gpu`` or ``slow`` are ever skipped."""
+"""Shared fixtures and helpers of the tests (no test module imports another: what several use is
+here). Paper images come from ../shared/data/denoising when it is there (never committed);
+without it the tests use images bundled with scikit-image, so that a fresh clone checks the same
+properties. Only tests marked ``gpu``, ``slow`` or ``slurm`` are ever skipped."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
-from utils.images import DEFAULT_DATA_DIR, SHARED_IMAGES, centre_crop, resolve_image
+from engine.config import RunConfig
+from experiments.sets import Profile
+from utils.images import DEFAULT_DATA_DIR, SHARED_DATA, SHARED_IMAGES, centre_crop, resolve_image
+from utils.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,8 +34,11 @@ def pytest_configure(config: pytest.Config) -> None:
 HAVE_PAPER_IMAGES = (SHARED_IMAGES / "F16.png").is_file()
 # The image of the behavioural tests: the paper's F16, or scikit-image's chelsea (the cat).
 TEST_IMAGE = ("F16", SHARED_IMAGES) if HAVE_PAPER_IMAGES else ("cat", DEFAULT_DATA_DIR)
-
+IMAGE, DATA_DIR = TEST_IMAGE
+LEVIN = SHARED_DATA / "levin"  # Levin et al.'s deblurring set, beside the clone when it is there
+HAVE_LEVIN = (LEVIN / "gt" / "im1.png").is_file()
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+SHAPE = (3, 40, 40)  # the engine tests' images
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -48,8 +57,56 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def image_crop(size: int) -> np.ndarray:
     """The centre size x size crop of TEST_IMAGE, (3, size, size) float32."""
-    name, data_dir = TEST_IMAGE
-    return np.ascontiguousarray(centre_crop(resolve_image(name, data_dir).pixels, size, size))
+    return np.ascontiguousarray(centre_crop(resolve_image(IMAGE, DATA_DIR).pixels, size, size))
+
+
+def small_problem(runs: int = 1, shape=SHAPE, seed: int = 0, fractions=0.3, dtype=torch.float32
+                  ) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """``runs`` (noisy, clean) pairs of random images, a fraction of entries salted or peppered
+    (one fraction, or one per run), as (K, C, H, W) tensors."""
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.rand(runs, *shape, generator=g)
+    hit = torch.rand(clean.shape, generator=g) < torch.as_tensor(fractions).view(-1, 1, 1, 1)
+    noisy = torch.where(hit, torch.rand(clean.shape, generator=g).round(), clean)
+    return noisy.to(dtype), clean.to(dtype)
+
+
+def config(**settings) -> RunConfig:
+    """A tiny run's settings, resolved (the loop takes them so)."""
+    return RunConfig(**({"width": 4, "show_every": 5, "save_every": 10} | settings)).resolved()
+
+
+def cli(tmp_path: Path, *extra: str, crop: str | None = "64") -> list[str]:
+    """A tiny denoising.py command line with its outputs in tmp_path/out."""
+    args = ["--width", "4", "--num_iter", "30", "--show_every", "10", "--save_every", "10",
+            "--gpu", "cpu", "--out_dir", str(tmp_path / "out"), "--data_dir", str(DATA_DIR),
+            "--quiet"]  # fmt: skip
+    return args + ([] if crop is None else ["--crop", crop]) + list(extra)
+
+
+def outputs(tmp_path: Path, ckpt: str = "test") -> RunDir:
+    """The folder of run ``ckpt`` made by ``cli(tmp_path, ...)``."""
+    return RunDir(tmp_path / "out", ckpt)
+
+
+def tiny_profile(iters: int, **more) -> Profile:
+    """A profile of the figure sets shrunk to 64x64 crops, width / 32 and ``iters`` iterations."""
+    return Profile("tiny", 64, 1 / 32, iters / 150_000, **({"show_every": 20, "save_every": 20}
+                                                            | more))  # fmt: skip
+
+
+def roundtrip(obj):
+    """``obj`` through torch.save and torch.load, as a checkpoint file holds it (so later steps
+    of the loop cannot alter what was saved)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+def keep_by_iteration(saved: dict):
+    """A loop's ``checkpoint`` callback that keeps each (single-run) state by its iteration."""
+    return lambda state: saved.setdefault(state["iteration"], roundtrip(state))
 
 
 @pytest.fixture

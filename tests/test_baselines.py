@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from baselines import BASELINES, estimated_sigma
+from experiments.baselines import BASELINES, estimated_sigma
 from tests.conftest import image_crop
 from utils.metrics import psnr
 from utils.noise import corrupt

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import denoising
-from experiments import VARIANTS
-from recovery import build_model, fit
+from engine.config import RunConfig
+from engine.loop import build_model, fit
+from experiments.sets import VARIANTS
 from tests.conftest import TEST_IMAGE, image_crop
-from utils.config import RunConfig
 from utils.metrics import psnr
 from utils.noise import salt_and_pepper
 from utils.rundir import RunDir
@@ -27,7 +27,7 @@ def learning_curve(variant: str, num_iter: int, crop: int = 64, width: int = 16)
     image = image_crop(crop)
     noisy = salt_and_pepper(image, 0.5, derive_seed(0, "noise")).noisy
     y, clean = torch.from_numpy(noisy)[None], torch.from_numpy(image)[None]
-    cfg = RunConfig(**VARIANTS[variant], width=width, num_iter=num_iter, show_every=25)
+    cfg = RunConfig(**VARIANTS[variant], width=width, num_iter=num_iter, show_every=25).resolved()
     result = fit(build_model(cfg, image.shape, [0]), y, cfg, clean=clean, progress=False)
     curve = np.array([row["psnr"] for row in result.history])
     return curve, psnr(y, clean).item()

@@ -12,22 +12,9 @@ import pytest
 from PIL import Image
 
 import denoising
-from tests.conftest import ROOT, TEST_IMAGE
-from utils.config import RunConfig
-from utils.rundir import RunDir
-
-IMAGE, DATA_DIR = TEST_IMAGE
-
-
-def cli(tmp_path: Path, *extra: str, crop: str | None = "64") -> list[str]:
-    args = ["--width", "4", "--num_iter", "30", "--show_every", "10", "--save_every", "10",
-            "--gpu", "cpu", "--out_dir", str(tmp_path / "out"), "--data_dir", str(DATA_DIR),
-            "--quiet"]  # fmt: skip
-    return args + ([] if crop is None else ["--crop", crop]) + list(extra)
-
-
-def outputs(tmp_path: Path, ckpt: str = "test") -> RunDir:
-    return RunDir(tmp_path / "out", ckpt)
+from engine import run
+from engine.config import RunConfig, parse
+from tests.conftest import IMAGE, ROOT, cli, outputs
 
 
 def test_run_writes_every_output(tmp_path: Path) -> None:
@@ -166,7 +153,7 @@ def flag(name: str) -> str:
         (lambda t: ["--image", "astronaut", "--resume", "--overwrite"], flag("--overwrite")),
         (lambda t: ["--observed", tiny_png(t), "--nlevel", "0.3"], flag("--nlevel")),
         (lambda t: ["--image", "astronaut", "--clean", tiny_png(t)], flag("--clean")),
-        (lambda t: ["--observed", "astronaut", "--clean", "camera"], "one size"),
+        (lambda t: ["--observed", "astronaut", "--clean", "camera"], "reference of"),
         (lambda t: ["--image", "astronaut", "--gpu", "7"], flag("--gpu")),
         (
             lambda t: ["--image", "astronaut", "--noise", "gaussian", "--nlevel", "-1"],
@@ -249,8 +236,8 @@ def test_batched_command_lines_write_what_separate_ones_write(tmp_path: Path) ->
     runs = [("a", "0.3"), ("b", "0.5")]
     argv = lambda out, ckpt, p: cli(tmp_path / out, "--image", "astronaut", "--ckpt", ckpt,  # noqa: E731
                                     "--nlevel", p)  # fmt: skip
-    codes = denoising.run_batch([argv("batched", c, p) for c, p in runs] + [["--nlevel", "2"]], 4)
-    assert codes == [0, 0, 2]
+    configs = [parse(argv("batched", c, p)) for c, p in runs] + [RunConfig(nlevel=2.0)]
+    assert [o.code for o in run(configs, max_batch=4)] == [0, 0, 2]
     for ckpt, nlevel in runs:
         assert denoising.main(argv("alone", ckpt, nlevel)) == 0
         alone, batched = outputs(tmp_path / "alone", ckpt), outputs(tmp_path / "batched", ckpt)
@@ -270,7 +257,14 @@ def test_batched_command_lines_write_what_separate_ones_write(tmp_path: Path) ->
     assert outputs(tmp_path / "batched", "a").history()["iteration"].tolist()[-1] == 39
 
 
-def test_config_json_records_every_setting(tmp_path: Path) -> None:
-    assert denoising.main(cli(tmp_path, "--image", "astronaut", "--num_iter", "2")) == 0
-    record = json.loads(outputs(tmp_path).path("config").read_text())
-    assert set(record["settings"]) == set(RunConfig.__dataclass_fields__)
+def test_config_json_holds_the_run_it_was_asked_for(tmp_path: Path) -> None:
+    """The settings stored with a run are the command line's, the registries' defaults filled
+    in; read back into a RunConfig they make the same run (--reuse finds it ended)."""
+    argv = cli(tmp_path, "--image", "astronaut", "--num_iter", "2", "--method", "dip", "--lr",
+               "0.3", "--noise", "gaussian", "--stop", "emv", "--seed", "4")  # fmt: skip
+    assert denoising.main(argv) == 0
+    stored = RunConfig(**json.loads(outputs(tmp_path).path("config").read_text())["settings"])
+    assert stored == parse(argv).resolved()
+    assert (stored.lr, stored.seed, stored.alg, stored.nlevel) == (0.3, 4, "sgd", 0.18)
+    [again] = run([RunConfig(**{**stored.__dict__, "reuse": True})])
+    assert (again.code, again.action) == (0, "reused")

@@ -16,16 +16,16 @@ import numpy as np
 import pytest
 import submitit
 
-import denoising
-import experiments
-import launcher
 import reproduce
-from experiments import LIP_MASKS, PROFILES, Case, Profile, Run, figure_runs
+from engine import run
+from experiments import driver, launcher, sets
+from experiments.driver import Setting, run_all
+from experiments.driver import reproduce as run_set
+from experiments.sets import LIP_MASKS, PROFILES, Case, Run, figure_runs
+from tests.conftest import ROOT, tiny_profile
 from utils.images import PAPER_IMAGES
 from utils.rundir import RunDir
 
-ROOT = Path(__file__).resolve().parent.parent
-CPU = {"gpus": ("cpu",)}
 ONE_CASE = {"fig3": (Case("cat", 0.5),), "fig4": ()}  # DIP-L1 and DOP on one bundled image
 
 
@@ -51,13 +51,13 @@ def test_a_set_through_the_launcher_gives_the_histories_of_direct_runs(
     tmp_path: Path, monkeypatch, one_thread
 ) -> None:
     monkeypatch.chdir(ROOT)  # the jobs' processes import the repository's modules from there
-    tiny = Profile("tiny", 64, 1 / 32, 60 / 150_000, show_every=20, save_every=20)
-    kw = dict(figs_dir=tmp_path / "figs", table_dir=tmp_path / "docs", cases=ONE_CASE, **CPU)
-    direct, _ = reproduce.reproduce(["fig3"], tiny, tmp_path / "direct", tmp_path, **kw)
+    tiny = tiny_profile(60)
+    kw = dict(figs_dir=tmp_path / "figs", table_dir=tmp_path / "docs", cases=ONE_CASE)
+    direct, _ = run_set(["fig3"], Setting(tiny, tmp_path / "direct", tmp_path, ("cpu",)), **kw)
     out = tmp_path / "jobs"
     executor = local_executor(out / "submitit")
-    outcome, files = reproduce.reproduce(["fig3"], tiny, out, tmp_path, executor=executor,
-                                         wait=True, **kw)  # fmt: skip
+    setting = Setting(tiny, out, tmp_path, ("cpu",))
+    outcome, files = run_set(["fig3"], setting, executor=executor, wait=True, **kw)
     runs = [run.ckpt(tiny) for run in figure_runs(["fig3"], ONE_CASE)]
     assert sorted(outcome["started"]) == sorted(direct["started"]) == sorted(runs)
     assert not outcome["failed"] and not outcome["in flight"]
@@ -71,7 +71,7 @@ def test_a_set_through_the_launcher_gives_the_histories_of_direct_runs(
         assert f"{name}: last iterate PSNR" in log.read_text()
 
     # A rerun submits nothing: every run has finished.
-    outcome, files = reproduce.reproduce(["fig3"], tiny, out, tmp_path, executor=executor, **kw)
+    outcome, files = run_set(["fig3"], setting, executor=executor, **kw)
     assert sorted(outcome["reused"]) == sorted(runs) and not outcome["submitted"] and files
 
 
@@ -101,16 +101,17 @@ def test_a_stopped_job_goes_on_from_its_checkpoint_to_the_uninterrupted_result(
     same reproduce.py call submits it again. Each start goes on from the last checkpoint, and the
     run ends with the very history of a run that was never stopped."""
     monkeypatch.chdir(ROOT)
-    tiny = Profile("tiny", 64, 1 / 32, 200 / 150_000, show_every=20, save_every=20)
-    run = Run("cat", 0.5, "dop")
-    name = run.ckpt(tiny)
-    argv = lambda out: reproduce.run_argv(run, tiny, "start", out, tmp_path, "cpu")  # noqa: E731
-    assert denoising.main(argv(tmp_path / "direct")) == 0
+    tiny = tiny_profile(200)
+    dop = Run("cat", 0.5, "dop")
+    name = dop.ckpt(tiny)
+    setting = lambda out: Setting(tiny, out, tmp_path, ("cpu",))  # noqa: E731
+    [direct] = run([setting(tmp_path / "direct").config(dop)])
+    assert direct.code == 0
 
     out = tmp_path / "jobs"
     out.mkdir()
     executor = local_executor(out / "submitit")
-    (job,) = launcher.submit(executor, {name: argv(out)})
+    (job,) = launcher.submit(executor, [setting(out).config(dop)])
     rundir, controller = RunDir(out, name), int(job.job_id)
     state = rundir.path("state")
     wait_for(state.is_file, "the first checkpoint")
@@ -129,13 +130,13 @@ def test_a_stopped_job_goes_on_from_its_checkpoint_to_the_uninterrupted_result(
     log = job.paths.stdout.read_text()
     assert f"requeued: {name} go on from their checkpoints" in log
     commands = [line for line in log.splitlines() if line.startswith("python denoising.py")]
-    assert len(commands) == 2 and "--resume" not in commands[0]
-    assert commands[1].endswith("--resume")
+    assert len(commands) == 2 and commands[0] == commands[1] and "--reuse" in commands[0]
+    assert log.count(f"{name}: resuming from iteration") == 1  # the requeued start
 
-    outcome = reproduce.run_all([run], tiny, out, tmp_path, ("cpu",), executor=executor, wait=True)
+    outcome = run_all([dop], setting(out), executor=executor, wait=True)
     assert outcome["resumed"] == [name] and not outcome["failed"] + outcome["in flight"]
     assert rundir.log.resolve() != job.paths.stdout.resolve()  # linked to the new job's log
-    assert "--resume" in rundir.log.read_text()
+    assert f"{name}: resuming from iteration" in rundir.log.read_text()
     assert_same_run(RunDir(tmp_path / "direct", name), rundir)
 
 
@@ -173,7 +174,7 @@ def test_the_sbatch_script_of_a_set(tmp_path: Path, fake_slurm: Path, monkeypatc
     """The quick Figures 3 and 4 (14 runs) as one array: the sbatch script, the array size, the
     tasks' command lines; a rerun leaves runs whose jobs are queued or running to them."""
     fetched = []  # the paper images, fetched before submitting (here: not downloaded)
-    monkeypatch.setattr(reproduce, "fetch_paper_image", lambda name, d: fetched.append((name, d)))
+    monkeypatch.setattr(driver, "fetch_paper_image", lambda name, d: fetched.append((name, d)))
     out = tmp_path / "out"
     common = ["fig3", "fig4", "--quick", "--out_dir", str(out), "--data_dir", str(tmp_path),
               "--figs_dir", str(tmp_path / "figs"), "--table_dir", str(tmp_path / "docs"),
@@ -199,12 +200,11 @@ def test_the_sbatch_script_of_a_set(tmp_path: Path, fake_slurm: Path, monkeypatc
     runs = figure_runs(["fig3", "fig4"])
     record = json.loads((folder / "jobs.json").read_text())
     assert record == {run.ckpt(quick): f"4242_{i}" for i, run in enumerate(runs)}
-    for i, run in enumerate(runs):
+    for i, r in enumerate(runs):
         with (folder / f"4242_{i}_submitted.pkl").open("rb") as f:
             task = pickle.load(f).function
-        assert task == launcher.Runs((tuple(reproduce.run_argv(run, quick, "start", out,
-                                                               tmp_path, None)),))  # fmt: skip
-        log = RunDir(out, run.ckpt(quick)).log
+        assert task == launcher.Runs((Setting(quick, out, tmp_path).config(r),))
+        log = RunDir(out, r.ckpt(quick)).log
         assert os.readlink(log) == f"submitit/4242_{i}_0_log.out"
 
     # A rerun while the array runs submits nothing; once task 3 has failed, it submits its run.
@@ -231,7 +231,7 @@ def test_batches_are_tasks_of_runs_that_share_a_loop(
 ) -> None:
     """With --batch 4, the 14 runs are 4 tasks: DIP-L1's 7 runs in two, DOP's in two; settings
     from a --slurm_config file, a flag given winning over it."""
-    monkeypatch.setattr(reproduce, "fetch_paper_image", lambda name, d: None)
+    monkeypatch.setattr(driver, "fetch_paper_image", lambda name, d: None)
     out = tmp_path / "out"
     config = tmp_path / "cluster.json"
     config.write_text(json.dumps({"account": "lab", "partition": "a100", "setup": ["module load x"],
@@ -249,7 +249,7 @@ def test_batches_are_tasks_of_runs_that_share_a_loop(
     for i in range(4):
         with (folder / f"4242_{i}_submitted.pkl").open("rb") as f:
             tasks.append(pickle.load(f).function)
-    assert [len(t.argvs) for t in tasks] == [4, 3, 4, 3] and {t.max_batch for t in tasks} == {4}
+    assert [len(t.configs) for t in tasks] == [4, 3, 4, 3] and {t.max_batch for t in tasks} == {4}
     for task in tasks:  # one variant a task
         assert len({name.split("_")[2] for name in task.names}) == 1, task.names
     assert sorted(n for t in tasks for n in t.names) == sorted(
@@ -273,18 +273,6 @@ def test_a_parameter_submitit_does_not_know_is_one_line(
     ]
     assert reproduce.main(args) == 2
     assert "acount" in one_line_error(capsys)
-
-
-def test_restart_argv_resumes_what_has_a_checkpoint(tmp_path: Path) -> None:
-    run = Run("cat", 0.5, "dop")
-    tiny = Profile("tiny", 64, 1 / 32, 40 / 150_000, show_every=20, save_every=20)
-    argv = reproduce.run_argv(run, tiny, "start", tmp_path, tmp_path, "cpu")
-    assert launcher.restart_argv(argv) == argv  # nothing there yet: start
-    rundir = RunDir(tmp_path, run.ckpt(tiny))
-    rundir.path("noisy").write_bytes(b"left by a run killed before its first checkpoint")
-    assert launcher.restart_argv(argv + ["--resume"]) == argv + ["--overwrite"]
-    rundir.path("state").write_bytes(b"a checkpoint")
-    assert launcher.restart_argv(argv + ["--overwrite"]) == argv + ["--resume"]
 
 
 def one_line_error(capsys) -> str:
@@ -313,12 +301,22 @@ def test_slurm_launcher_errors_are_one_line(tmp_path: Path, monkeypatch, capsys)
     one_line_error(capsys)
 
 
-def test_collect_draws_what_has_finished_and_names_the_rest(tmp_path: Path, capsys) -> None:
+def test_collect_draws_what_has_ended_and_never_an_empty_figure(tmp_path: Path, capsys) -> None:
+    """--collect with nothing ended: one line, exit 2, nothing written; with one of the two runs
+    ended: the figure from that one, the other named as missing (exit 1)."""
     args = ["fig3", "--quick", "--out_dir", str(tmp_path / "out"), "--figs_dir",
             str(tmp_path / "figs"), "--table_dir", str(tmp_path / "docs"), "--collect"]  # fmt: skip
-    assert reproduce.main(args) == 1
-    assert (tmp_path / "figs" / "fig3_quick.png").is_file()
-    assert "8 missing" in capsys.readouterr().out
+    assert reproduce.main(args) == 2
+    assert "nothing drawn" in one_line_error(capsys)
+    assert not (tmp_path / "figs").exists() and not (tmp_path / "docs").exists()
+    setting = Setting(tiny_profile(20), tmp_path / "out", tmp_path, ("cpu",))
+    [first, second] = figure_runs(["fig3"], ONE_CASE)
+    assert run([setting.config(first)])[0].code == 0
+    outcome, files = run_set(["fig3"], setting, tmp_path / "figs", tmp_path / "docs",
+                             cases=ONE_CASE, collect=True)  # fmt: skip
+    assert outcome["missing"] == [second.ckpt(setting.profile)] and outcome["reused"]
+    assert tmp_path / "figs" / "fig3_tiny.png" in files
+    assert "drawn from 1 of 2 runs" in capsys.readouterr().out
 
 
 def test_the_mask_search_is_a_job_and_the_runs_of_its_mask_wait_for_it(
@@ -329,21 +327,21 @@ def test_the_mask_search_is_a_job_and_the_runs_of_its_mask_wait_for_it(
     (and not the search again). (A rerun while the search's job runs finds it in flight through
     sacct, as any run's: test_the_sbatch_script_of_a_set.)"""
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(experiments, "COMPARE_VARIANTS", ("lip",))  # the lottery runs only
-    tiny = Profile("tiny", 64, 1 / 32, 40 / 150_000, show_every=20, save_every=20, imp_rounds=1,
-                   imp_iters=10)  # fmt: skip
+    monkeypatch.setattr(sets, "COMPARE_VARIANTS", ("lip",))  # the lottery runs only
+    tiny = tiny_profile(40, imp_rounds=1, imp_iters=10)
     cases = {"compare": (Case("cat", 0.5),)}
     out = tmp_path / "out"
     executor = local_executor(out / "submitit")
+    setting = Setting(tiny, out, tmp_path, ("cpu",))
     kw = dict(figs_dir=tmp_path / "figs", table_dir=tmp_path / "docs", cases=cases,
-              executor=executor, **CPU)  # fmt: skip
-    outcome, files = reproduce.reproduce(["compare"], tiny, out, tmp_path, **kw)
+              executor=executor)  # fmt: skip
+    outcome, files = run_set(["compare"], setting, **kw)
     search, run = LIP_MASKS.ckpt(tiny), cases["compare"][0].run("lip", observe=True).ckpt(tiny)
     assert outcome["submitted"] == [search] and outcome["waiting for the mask"] == [run]
     assert not files and (out / f"{search}.log").is_symlink()
     job = json.loads((out / "submitit" / "jobs.json").read_text())[search]
     wait_for(lambda: (out / f"{search}_imp.json").is_file(), "the mask search")
-    outcome, files = reproduce.reproduce(["compare"], tiny, out, tmp_path, wait=True, **kw)
+    outcome, files = run_set(["compare"], setting, wait=True, **kw)
     assert outcome["started"] == [run] and tmp_path / "docs" / "COMPARISON.md" in files
     record = json.loads((out / "submitit" / "jobs.json").read_text())
     assert record[search] == job and record[run] != job  # the search was submitted once

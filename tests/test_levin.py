@@ -11,8 +11,8 @@ from PIL import Image
 from scipy.signal import convolve2d
 
 from benchmarks import levin
-from tests.test_operators import HAVE_LEVIN, LEVIN
-from utils.config import parse
+from engine.config import parse
+from tests.conftest import HAVE_LEVIN, LEVIN
 
 SIZES = (19, 17, 15, 27, 13, 21, 23, 23)  # Levin's kernels 1 to 8
 ROTATED = (1, 2, 3, 5, 6, 7)  # stored as the rotation of the kernel that blurred (docs/RESULTS.md)
@@ -57,15 +57,15 @@ def test_full_profile_is_selfdeblurs_setting_on_all_32_cases(data_dir: Path, tmp
         cfg.check()  # settings denoising.py accepts
     blind = [c for c in cfgs if c.task == "blind-deblur"]
     assert len(blind) == 32 and sum(c.task == "deblur" for c in cfgs) == 32
-    for cfg in cfgs:
+    for cfg in (c.resolved() for c in cfgs):  # SelfDeblur's, the defaults of both tasks
         assert (cfg.width, cfg.num_iter, cfg.crop, cfg.method) == (128, 5000, None, "dip")
         assert (cfg.loss, cfg.loss_switch, cfg.lr_milestones) == ("l2_then_ssim", 1000,
                                                                   "2000,3000,4000")  # fmt: skip
     for cfg in blind:  # the kernel size given is the true kernel's
         with Image.open(cfg.kernel) as kernel:
             assert kernel.size == (cfg.kernel_size, cfg.kernel_size)
-    known = [c.with_defaults() for c in cfgs if c.task == "deblur"]
-    ours = blind[0].with_defaults()  # the same optimizer as SelfDeblur's blind runs
+    known = [c.resolved() for c in cfgs if c.task == "deblur"]
+    ours = blind[0].resolved()  # the same optimizer as SelfDeblur's blind runs
     assert all((c.alg, c.lr, c.reg_noise_std) == (ours.alg, ours.lr, ours.reg_noise_std)
                for c in known)  # fmt: skip
 

@@ -4,8 +4,6 @@ resume, mask files, the random-mask baseline (models/lip.py, lip.py)."""
 from __future__ import annotations
 
 import csv
-import dataclasses
-import io
 from pathlib import Path
 
 import pytest
@@ -13,14 +11,14 @@ import torch
 
 import denoising
 import lip
+from engine.config import RunConfig
+from engine.loop import build_model, fit
+from experiments.imp import load_targets, mask_path
 from models import SkipPrior
 from models.decoder import parameter_count
 from models.lip import convolutions, load_ticket, random_like, save_ticket, trained_count
-from recovery import build_model, fit
-from tests.conftest import TEST_IMAGE
-from tests.test_recovery import keep_serialised, small_problem
+from tests.conftest import TEST_IMAGE, keep_by_iteration, small_problem
 from utils import InputError
-from utils.config import RunConfig
 
 ROUNDS = 3
 IMP_ARGS = ["--image", TEST_IMAGE[0], "--data_dir", str(TEST_IMAGE[1]), "--crop", "64",
@@ -37,7 +35,7 @@ def imp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def masks(out: Path) -> list:
-    return [load_ticket(lip.mask_path(out, "t", "mask", k)) for k in range(ROUNDS + 1)]
+    return [load_ticket(mask_path(out, "t", "mask", k)) for k in range(ROUNDS + 1)]
 
 
 def test_imp_prunes_to_0_8_power_of_the_convolution_weights(imp_dir: Path) -> None:
@@ -60,12 +58,13 @@ def test_imp_prunes_by_magnitude_over_all_layers(imp_dir: Path) -> None:
     """Round 1 prunes the globally smallest weights of the trained dense net: every pruned weight
     is no larger than every kept one. The trained weights are those of round 1 again (same seed,
     same loop), so the check retrains it."""
-    ticket = load_ticket(lip.mask_path(imp_dir, "t", "mask", 1))
-    cfg, images, imp = lip.parse_find([*IMP_ARGS, "--out_dir", str(imp_dir)])
-    y, clean, _ = lip.load_targets(cfg, images, imp["imp_target"])
-    dense = load_ticket(lip.mask_path(imp_dir, "t", "mask", 0))
-    model = build_model(dataclasses.replace(cfg, prior="lip"), y.shape[1:], [0], ticket=dense)
-    fit(model, y, dataclasses.replace(cfg, prior="lip"), progress=False)
+    ticket = load_ticket(mask_path(imp_dir, "t", "mask", 1))
+    search = lip.parse_search([*IMP_ARGS, "--out_dir", str(imp_dir)])
+    cfg = search.training()
+    y, clean, _ = load_targets(cfg, search.images, search.target)
+    dense = load_ticket(mask_path(imp_dir, "t", "mask", 0))
+    model = build_model(cfg, y.shape[1:], [0], ticket=dense)
+    fit(model, y, cfg, progress=False)
     weights = {n: c.weight_orig.detach().abs() for n, c in convolutions(model.prior.net).items()}
     pruned = torch.cat([weights[n][~m] for n, m in ticket.mask.items()])
     kept = torch.cat([weights[n][m] for n, m in ticket.mask.items()])
@@ -73,9 +72,10 @@ def test_imp_prunes_by_magnitude_over_all_layers(imp_dir: Path) -> None:
 
 
 def test_surviving_weights_rewind_to_their_initial_values_exactly(imp_dir: Path) -> None:
-    ticket = load_ticket(lip.mask_path(imp_dir, "t", "mask", ROUNDS))
+    ticket = load_ticket(mask_path(imp_dir, "t", "mask", ROUNDS))
     init = SkipPrior((3, 64, 64), width=4, seeds=[0]).net.state_dict()
-    cfg = RunConfig(prior="lip", mask=str(lip.mask_path(imp_dir, "t", "mask", ROUNDS)), width=4)
+    cfg = RunConfig(prior="lip", mask=str(mask_path(imp_dir, "t", "mask", ROUNDS)),
+                    width=4).resolved()  # fmt: skip
     prior = build_model(cfg, (3, 64, 64), [0, 1]).prior  # two runs: a grouped net
     state = prior.net.state_dict()
     for name, kept in ticket.mask.items():
@@ -90,19 +90,19 @@ def test_surviving_weights_rewind_to_their_initial_values_exactly(imp_dir: Path)
 def test_masked_weights_stay_zero_through_training_and_resume(imp_dir: Path) -> None:
     """DOP (g⊙g − h⊙h beside the masked net), Adam, two runs batched: the pruned weights are
     zero after training, in every checkpoint, and after resuming, which continues exactly."""
-    path = lip.mask_path(imp_dir, "t", "mask", ROUNDS)
+    path = mask_path(imp_dir, "t", "mask", ROUNDS)
     ticket = load_ticket(path)
     cfg = RunConfig(prior="lip", mask=str(path), width=4, method="dop", num_iter=20,
-                    show_every=5, save_every=10)  # fmt: skip
+                    show_every=5, save_every=10).resolved()  # fmt: skip
     y, clean = small_problem(shape=(3, 64, 64))
     saved: dict = {}
     model = build_model(cfg, (3, 64, 64), [0])
-    whole = fit(model, y, cfg, clean=clean, checkpoint=keep_serialised(saved), progress=False)
+    whole = fit(model, y, cfg, clean=clean, checkpoint=keep_by_iteration(saved), progress=False)
     for name, conv in convolutions(model.prior.net).items():
         assert (conv.weight[~ticket.mask[name]] == 0).all()
         assert (conv.weight_orig[~ticket.mask[name]] == 0).all()
         assert (conv.weight[ticket.mask[name]] != 0).any()  # the survivors were trained
-    state = torch.load(io.BytesIO(saved[10]), weights_only=False)
+    state = saved[10]
     for name, kept in ticket.mask.items():
         assert (state["model"][f"prior.net.{name}_orig"][~kept] == 0).all()
     resumed_model = build_model(cfg, (3, 64, 64), [0])
@@ -115,7 +115,7 @@ def test_masked_weights_stay_zero_through_training_and_resume(imp_dir: Path) -> 
 def test_cli_trains_a_mask_and_resumes_after_a_kill(imp_dir: Path, tmp_path: Path) -> None:
     """--prior lip --mask from the command line: stopped at iteration 10 (its last checkpoint),
     resumed to 20; the saved state keeps the pruned weights at zero and the mask's sha256."""
-    path = lip.mask_path(imp_dir, "t", "mask", ROUNDS)
+    path = mask_path(imp_dir, "t", "mask", ROUNDS)
     args = [*IMP_ARGS[:8], "--prior", "lip", "--mask", str(path), "--gpu", "cpu", "--quiet",
             "--show_every", "5", "--save_every", "10", "--out_dir", str(tmp_path)]  # fmt: skip
     assert denoising.main([*args, "--num_iter", "10"]) == 0
@@ -128,7 +128,7 @@ def test_cli_trains_a_mask_and_resumes_after_a_kill(imp_dir: Path, tmp_path: Pat
 
 def test_mask_file_round_trips_and_a_misfit_is_refused(imp_dir: Path, tmp_path: Path,
                                                        capsys) -> None:  # fmt: skip
-    ticket = load_ticket(lip.mask_path(imp_dir, "t", "mask", 2))
+    ticket = load_ticket(mask_path(imp_dir, "t", "mask", 2))
     save_ticket(tmp_path / "copy.pt", ticket)
     copy = load_ticket(tmp_path / "copy.pt")
     assert copy.mask.keys() == ticket.mask.keys() and copy.meta == ticket.meta
@@ -136,7 +136,7 @@ def test_mask_file_round_trips_and_a_misfit_is_refused(imp_dir: Path, tmp_path: 
     assert all(torch.equal(copy.rewind[n], ticket.rewind[n]) for n in ticket.rewind)
     assert copy.sparsity() == pytest.approx(1 - 0.8**2, abs=1e-3)
     with pytest.raises(InputError, match="does not fit the skip net of width 8"):
-        build_model(RunConfig(prior="lip", mask=str(tmp_path / "copy.pt"), width=8),
+        build_model(RunConfig(prior="lip", mask=str(tmp_path / "copy.pt"), width=8).resolved(),
                     (3, 64, 64), [0])  # fmt: skip
     args = [*IMP_ARGS[:6], "--width", "8", "--prior", "lip", "--mask", str(tmp_path / "copy.pt"),
             "--gpu", "cpu", "--out_dir", str(tmp_path)]  # fmt: skip
@@ -154,8 +154,8 @@ def test_mask_file_round_trips_and_a_misfit_is_refused(imp_dir: Path, tmp_path: 
 
 def test_random_twin_has_the_lip_mask_sparsity_in_every_layer(imp_dir: Path) -> None:
     for k in range(1, ROUNDS + 1):
-        found = load_ticket(lip.mask_path(imp_dir, "t", "mask", k))
-        twin = load_ticket(lip.mask_path(imp_dir, "t", "random", k))
+        found = load_ticket(mask_path(imp_dir, "t", "mask", k))
+        twin = load_ticket(mask_path(imp_dir, "t", "random", k))
         assert twin.meta["kind"] == "random"
         for name, kept in found.mask.items():
             assert int(kept.sum()) == int(twin.mask[name].sum()), name
@@ -182,7 +182,7 @@ def test_evaluate_pairs_each_round_with_a_deep_decoder_of_as_many_parameters(
     assert {(r["kind"], r["round"]) for r in rows} == {("dense", "0")} | {
         (kind, str(ROUNDS)) for kind in ("lip", "random", "decoder")}  # fmt: skip
     dense = SkipPrior((3, 64, 64), width=4).count_trained()
-    ticket = load_ticket(lip.mask_path(imp_dir, "t", "mask", ROUNDS))
+    ticket = load_ticket(mask_path(imp_dir, "t", "mask", ROUNDS))
     lip_row, decoder = (next(r for r in rows if r["kind"] == kind) for kind in ("lip", "decoder"))
     pruned = sum(int((~m).sum()) for m in ticket.mask.values())
     assert int(lip_row["trained_parameters"]) == trained_count(ticket) == dense - pruned
@@ -202,6 +202,6 @@ def test_evaluate_pairs_each_round_with_a_deep_decoder_of_as_many_parameters(
     assert all(r["ckpt"].endswith("_sr") for r in rows)
     assert len(list(runs.glob("*_config.json"))) == 8
     capsys.readouterr()
-    assert lip.main([*args, "--num_iter", "13"]) == 2
+    assert lip.main([*args, "--nlevel", "0.3"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error:") and err.count("\n") == 1 and "num_iter=12, not 13" in err
+    assert err.startswith("error:") and err.count("\n") == 1 and "nlevel=0.5, not 0.3" in err

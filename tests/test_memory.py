@@ -10,19 +10,19 @@ import torch
 from torch.nn.utils import prune
 
 import denoising
-import recovery
+from engine import loop, run
+from engine.config import RunConfig, parse
+from engine.device import memory_need
+from engine.loop import Speed, build_model, fit_batch
 from models import SkipNet
-from recovery import Speed, build_model, fit_batch
 from tests.conftest import ROOT
+from tests.conftest import cli as tiny_cli
 from utils import memory
-from utils.config import RunConfig
 from utils.rundir import RunDir
 
 
 def cli(tmp_path: Path, *extra: str) -> list[str]:
-    return ["--image", "astronaut", "--crop", "64", "--width", "4", "--num_iter", "30",
-            "--show_every", "10", "--save_every", "10", "--gpu", "cpu", "--out_dir",
-            str(tmp_path / "out"), "--quiet", *extra]  # fmt: skip
+    return tiny_cli(tmp_path, "--image", "astronaut", *extra)
 
 
 @pytest.mark.parametrize("groups", [1, 2])
@@ -62,7 +62,7 @@ def test_checkpointed_net_is_bit_identical(groups: int, pruned: bool) -> None:
 
 def test_low_memory_history_equals_the_faithful_one() -> None:
     """A short fp32 run: the same history, row for row, and the same final weights."""
-    cfg = RunConfig(width=6, num_iter=12, show_every=3, save_every=12)
+    cfg = RunConfig(width=6, num_iter=12, show_every=3, save_every=12).resolved()
     y = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     runs = []
     for speed in (Speed(), Speed.of(False, "cpu", low_memory=True)):
@@ -123,17 +123,17 @@ def test_the_estimate_is_the_priors() -> None:
     3.86 at 1024x1024, k = 128; docs/RESULTS.md), and --low_memory, which changes nothing for
     it, is neither assumed nor proposed."""
     shape, cpu = (3, 1024, 1024), torch.device("cpu")
-    decoder = RunConfig(prior="decoder", width=128, low_memory=True).with_defaults()
-    need = denoising.memory_need(decoder, shape, cpu)
-    skip = denoising.memory_need(RunConfig(prior="skip", width=128).with_defaults(), shape, cpu)
+    decoder = RunConfig(prior="decoder", width=128, low_memory=True).resolved()
+    need = memory_need(decoder, shape, cpu)
+    skip = memory_need(RunConfig(prior="skip", width=128).resolved(), shape, cpu)
     assert need.path == "faithful" and need.bytes < 0.5 * skip.bytes
     advice = memory.advice(need, need.bytes // 2, 1024, 32)
     assert "--low_memory" not in advice and re.search(r"--crop \d+", advice)
 
 
 def fail_after(iterations: int):
-    """recovery.evaluate that fails like the CPU allocator after ``iterations`` calls."""
-    calls, evaluate = [0], recovery.evaluate
+    """engine.loop.evaluate that fails like the CPU allocator after ``iterations`` calls."""
+    calls, evaluate = [0], loop.evaluate
 
     def failing(loop, forward, *rest):
         calls[0] += 1
@@ -149,7 +149,7 @@ def fail_after(iterations: int):
 def test_out_of_memory_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys) -> None:
     """Failing at iteration 25: one line, exit 3, the checkpoint of iteration 20 kept; resumed
     with --low_memory it ends as an uninterrupted run does."""
-    monkeypatch.setattr(recovery, "evaluate", fail_after(25))
+    monkeypatch.setattr(loop, "evaluate", fail_after(25))
     assert denoising.main(cli(tmp_path, "--ckpt", "oom")) == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "out of memory (an allocation of 4.0 GB failed)" in err
@@ -164,7 +164,7 @@ def test_out_of_memory_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys) 
 
 
 def test_out_of_memory_before_a_checkpoint_leaves_nothing(tmp_path, monkeypatch, capsys) -> None:
-    monkeypatch.setattr(recovery, "evaluate", fail_after(0))
+    monkeypatch.setattr(loop, "evaluate", fail_after(0))
     assert denoising.main(cli(tmp_path, "--ckpt", "oom")) == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nothing is kept" in err and "Traceback" not in err
@@ -172,13 +172,13 @@ def test_out_of_memory_before_a_checkpoint_leaves_nothing(tmp_path, monkeypatch,
 
 
 def test_batches_shrink_to_what_fits(tmp_path, monkeypatch, capsys) -> None:
-    cfg = RunConfig(width=4)
-    one = denoising.memory_need(cfg, (3, 64, 64), torch.device("cpu")).bytes
-    two = denoising.memory_need(cfg, (3, 64, 64), torch.device("cpu"), runs=2).bytes
+    cfg = RunConfig(width=4).resolved()
+    one = memory_need(cfg, (3, 64, 64), torch.device("cpu")).bytes
+    two = memory_need(cfg, (3, 64, 64), torch.device("cpu"), runs=2).bytes
     monkeypatch.setenv(memory.ENVIRONMENT, str((one + two) // 2))  # one run fits, two do not
-    argvs = [cli(tmp_path, "--ckpt", f"r{seed}", "--seed", str(seed), "--num_iter", "5")
-             for seed in range(2)]  # fmt: skip
-    assert denoising.run_batch(argvs, max_batch=2) == [0, 0]
+    configs = [parse(cli(tmp_path, "--ckpt", f"r{seed}", "--seed", str(seed), "--num_iter", "5"))
+               for seed in range(2)]  # fmt: skip
+    assert [o.code for o in run(configs, max_batch=2)] == [0, 0]
     assert "batches of 1, not 2" in capsys.readouterr().out
 
 

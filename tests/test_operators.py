@@ -8,16 +8,12 @@ import torch
 from PIL import Image
 from scipy.signal import convolve2d
 
-from recovery import build_model, fit, make_optimizer, set_learning_rates
+from engine.config import RunConfig
+from engine.loop import build_model, fit, make_optimizer, set_learning_rates
+from tasks.operators import Blur, Downsample, KernelNet, Mask, bernoulli_mask
 from tests.conftest import image_crop
-from utils.config import RunConfig
-from utils.images import SHARED_DATA
 from utils.metrics import kernel_correlation, psnr, ssim, ssim_of
 from utils.noise import corrupt
-from utils.operators import Blur, Downsample, KernelNet, Mask, bernoulli_mask
-
-LEVIN = SHARED_DATA / "levin"
-HAVE_LEVIN = (LEVIN / "gt" / "im1.png").is_file()
 
 
 def check_linear(operator, shape) -> None:
@@ -123,7 +119,7 @@ def test_ssim_loss_is_the_metric_and_differentiable() -> None:
 
 
 def test_step_schedule_is_multistep_in_closed_form() -> None:
-    cfg = RunConfig(width=4, lr_milestones="3,5", lr_gamma=0.5).with_defaults()
+    cfg = RunConfig(width=4, lr_milestones="3,5", lr_gamma=0.5).resolved()
     model = build_model(cfg, (1, 40, 40), [0], scales=3)
     optimizer = make_optimizer(model, cfg)
     reference = torch.optim.lr_scheduler.MultiStepLR(
@@ -160,7 +156,7 @@ def observe(task: str, nlevel: float) -> tuple[np.ndarray, torch.Tensor, torch.n
 def recover(task: str, nlevel: float, method: str, lr_c: float = 500.0) -> tuple[float, float]:
     """(last-iterate PSNR, the observation's PSNR, NaN for sr) of a small run."""
     clean, y, operator = observe(task, nlevel)
-    cfg = RunConfig(method=method, width=8, num_iter=300, show_every=100, lr_c=lr_c)
+    cfg = RunConfig(method=method, width=8, num_iter=300, show_every=100, lr_c=lr_c).resolved()
     model = build_model(cfg, clean.shape, [0], operator, scales=3)
     result = fit(model, y, cfg, clean=torch.from_numpy(clean)[None], progress=False)
     observed = psnr(y[0], torch.from_numpy(clean)).item() if task == "inpaint" else float("nan")

@@ -11,13 +11,11 @@ import torch
 import denoising
 import structural_bias
 from benchmarks import time_to_quality
+from engine.config import RunConfig
+from engine.loop import build_model, fit, fit_batch, make_optimizer
 from models import PRIORS, DecoderNet, DecoderPrior
 from models.decoder import parameter_count, width_for
-from recovery import build_model, fit, fit_batch, make_optimizer
-from tests.conftest import image_crop
-from tests.test_cli import IMAGE, cli, outputs
-from tests.test_speed import _copy, problems
-from utils.config import RunConfig
+from tests.conftest import IMAGE, cli, image_crop, outputs, roundtrip, small_problem
 from utils.losses import LOSSES, total_variation
 from utils.state import unstack_state
 
@@ -90,14 +88,14 @@ def test_a_prior_of_k_runs_is_the_k_single_runs_side_by_side(name: str) -> None:
 def test_random_projector_trains_only_its_seed_and_normalisations() -> None:
     """Frozen convolutions are bit-identical after training, the optimizer never holds them, and
     the seed z, the input BatchNorm and the BatchNorms' affine parameters move."""
-    y, clean = problems(1)
-    cfg = RunConfig(prior="drp", method="dip", width=8, num_iter=30, show_every=10)
+    y, clean = small_problem(1, SHAPE)
+    cfg = RunConfig(prior="drp", method="dip", width=8, num_iter=30, show_every=10).resolved()
     model = build_model(cfg, SHAPE, [0])
     before = {k: v.clone() for k, v in model.state_dict().items()}
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert frozen == {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)
                       for n in (f"{n}.weight", f"{n}.bias")}  # fmt: skip
-    held = {id(p) for g in make_optimizer(model, cfg.with_defaults()).param_groups
+    held = {id(p) for g in make_optimizer(model, cfg.resolved()).param_groups
             for p in g["params"]}  # fmt: skip
     assert held == {id(p) for n, p in model.named_parameters() if n not in frozen}
     fit(model, y, cfg, clean=clean, progress=False)
@@ -110,20 +108,20 @@ def test_random_projector_trains_only_its_seed_and_normalisations() -> None:
 
 
 def test_priors_fill_in_their_reference_settings() -> None:
-    drp = RunConfig(prior="drp", method="dip").with_defaults()
+    drp = RunConfig(prior="drp", method="dip").resolved()
     assert (drp.alg, drp.lr, drp.width, drp.loss, drp.tv, drp.reg_noise_std) == (
         "adam", 0.1, 64, "rmse", 0.45, 0.0)  # fmt: skip
-    decoder = RunConfig(prior="decoder", method="dip", loss="l1").with_defaults()
+    decoder = RunConfig(prior="decoder", method="dip", loss="l1").resolved()
     assert (decoder.alg, decoder.lr, decoder.width, decoder.loss, decoder.tv) == (
         "adam", 0.01, 128, "l1", 0.0)  # fmt: skip
-    assert RunConfig(prior="drp", width=16, tv=0.0).with_defaults().width == 16
-    skip = RunConfig().with_defaults()
+    assert RunConfig(prior="drp", width=16, tv=0.0).resolved().width == 16
+    skip = RunConfig().resolved()
     assert (skip.alg, skip.width, skip.loss, skip.tv) == ("sgd", 128, "l2", 0.0)
     assert "tv" not in skip.defining() and drp.defining()["tv"] == 0.45
     for name in PRIORS:  # DOP's discrepant steps are plain gradient descent's, for every prior
-        dop = RunConfig(prior=name, method="dop").with_defaults()
+        dop = RunConfig(prior=name, method="dop").resolved()
         assert dop.alg == "sgd", name
-    explicit = RunConfig(prior="decoder", method="dop", alg="adam", lr=0.001).with_defaults()
+    explicit = RunConfig(prior="decoder", method="dop", alg="adam", lr=0.001).resolved()
     assert (explicit.alg, explicit.lr) == ("adam", 0.001)
 
 
@@ -142,14 +140,14 @@ def test_batched_and_resumed_runs_give_the_histories_of_separate_runs(name: str)
     """Each prior through the same loop (float64): two runs batched equal the two alone, and a
     run resumed alone from the batch's checkpoint ends as the batch did."""
     seeds, f64 = [0, 1], torch.float64
-    y, clean = problems(2, f64)
+    y, clean = small_problem(2, SHAPE, dtype=f64)
     cfg = RunConfig(prior=name, method="dop", alg="sgd", lr=0.5, lr_c=50.0, width=4,
-                    num_iter=20, show_every=5, save_every=10)  # fmt: skip
+                    num_iter=20, show_every=5, save_every=10).resolved()  # fmt: skip
     model = lambda s: build_model(cfg, SHAPE, s).to(torch.float64)  # noqa: E731
     alone = [fit(model([s]), y[k : k + 1], cfg, seed=s, clean=clean[k : k + 1], progress=False)
              for k, s in enumerate(seeds)]  # fmt: skip
     saved = {}
-    keep = lambda states: saved.setdefault(states[0]["iteration"], _copy(states))  # noqa: E731
+    keep = lambda states: saved.setdefault(states[0]["iteration"], roundtrip(states))  # noqa: E731
     together = fit_batch(model(seeds), y, cfg, seeds=seeds, clean=clean, progress=False,
                          checkpoint=keep)  # fmt: skip
     for a, b in zip(alone, together, strict=True):

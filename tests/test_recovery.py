@@ -1,33 +1,17 @@
 """The engine: its parts, the loop, resume, divergence, seeds, and parts plugged in from outside."""
 
-import io
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models import Prior, SkipPrior
-from recovery import Model, Speed, build_model, fit, fit_batch, make_optimizer, precision
-from tests.conftest import DEVICES
-from utils.config import RunConfig
+from engine.config import RunConfig
+from engine.loop import Model, Speed, build_model, fit, fit_batch, make_optimizer, precision
+from models import PRIORS, Prior, SkipPrior
+from tests.conftest import DEVICES, SHAPE, config, keep_by_iteration, small_problem
 from utils.observers import Observer
 from utils.seeding import STREAMS, derive_seed
-
-SHAPE = (3, 40, 40)
-
-
-def small_problem(runs: int = 1, shape=SHAPE, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """``runs`` (noisy, clean) pairs: random images with 30% of entries salted or peppered."""
-    g = torch.Generator().manual_seed(seed)
-    clean = torch.rand(runs, *shape, generator=g)
-    hit = torch.rand(clean.shape, generator=g) < 0.3
-    return torch.where(hit, torch.rand(clean.shape, generator=g).round(), clean), clean
-
-
-def config(**settings) -> RunConfig:
-    return RunConfig(**({"width": 4, "show_every": 5, "save_every": 10} | settings))
 
 
 def run(cfg: RunConfig, seed: int = 0, device: str = "cpu", **options):
@@ -44,10 +28,10 @@ def test_methods_are_configurations_of_one_model() -> None:
         p.numel() for p in dip.parameters()
     ) + 2 * np.prod(SHAPE)
     assert dop.sparse.g.abs().max() < 1e-4 and dip.sparse is None  # the small init N(0,1)·1e-5
-    groups = make_optimizer(dop, config(method="dop").with_defaults()).param_groups
+    groups = make_optimizer(dop, config(method="dop").resolved()).param_groups
     assert [g["lr"] for g in groups] == [1.0, 500.0] and groups[0]["momentum"] == 0
     assert groups[1]["params"] == [dop.sparse.g, dop.sparse.h]
-    assert len(make_optimizer(dip, config(method="dip").with_defaults()).param_groups) == 1
+    assert len(make_optimizer(dip, config(method="dip").resolved()).param_groups) == 1
 
 
 def test_prediction_is_operator_of_x_plus_sparse_term() -> None:
@@ -96,10 +80,8 @@ def test_lr_c_scaling_rules(scaling: str, expected: float) -> None:
     cfg = RunConfig(lr_c=500.0, lr_c_scaling=scaling)
     assert cfg.lr_c_used(3 * 64 * 64) == pytest.approx(expected)
     assert cfg.lr_c_used(3 * 512 * 512) == 500.0  # the public code's size: every rule agrees
-    model = build_model(RunConfig(width=4), (3, 64, 64), [0], scales=3)
-    assert make_optimizer(model, cfg.with_defaults()).param_groups[1]["lr"] == pytest.approx(
-        expected
-    )
+    model = build_model(RunConfig(width=4).resolved(), (3, 64, 64), [0], scales=3)
+    assert make_optimizer(model, cfg.resolved()).param_groups[1]["lr"] == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("sizes", [((3, 64, 64), (3, 512, 512)), ((1, 40, 50), (3, 96, 128))])
@@ -115,23 +97,13 @@ def test_n_scaled_lr_c_moves_g_equally_on_any_size(sizes) -> None:
     assert steps[0] == pytest.approx(steps[1], rel=1e-5)
 
 
-def keep_serialised(saved: dict):
-    def keep(state: dict) -> None:  # serialise, as the CLI does, so later steps cannot alter it
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        saved[state["iteration"]] = buffer.getvalue()
-
-    return keep
-
-
 @pytest.mark.parametrize("settings", [{"method": "dop"}, {"method": "dip", "loss": "l1"},
                                       {"method": "dop", "alg": "adam", "lr": 0.01}])  # fmt: skip
 def test_resume_from_a_checkpoint_continues_exactly(settings: dict) -> None:
     saved: dict = {}
-    whole = run(config(num_iter=32, **settings), checkpoint=keep_serialised(saved))
+    whole = run(config(num_iter=32, **settings), checkpoint=keep_by_iteration(saved))
     assert sorted(saved) == [10, 20, 30, 32]
-    state = torch.load(io.BytesIO(saved[20]), weights_only=False)
-    resumed = run(config(num_iter=32, **settings), state=state)
+    resumed = run(config(num_iter=32, **settings), state=saved[20])
     assert resumed.history == whole.history
     np.testing.assert_array_equal(resumed.image, whole.image)
 
@@ -209,13 +181,16 @@ class Drift(Observer):
         return {"seen": self.seen, "drift": self.drift}
 
 
-def test_a_toy_prior_and_a_toy_observer_plug_in_without_editing_the_loop() -> None:
+def test_a_toy_prior_and_a_toy_observer_plug_in_without_editing_the_loop(monkeypatch) -> None:
+    """A prior is a registry entry (its defaults then resolve the settings); an observer is
+    passed to the loop."""
+    monkeypatch.setitem(PRIORS, "one-layer", OneLayer)
     y, clean = small_problem(runs=2)
     torch.manual_seed(0)
     model = Model(OneLayer(SHAPE, seeds=[0, 1]))
     bias = model.prior.bias.clone()
-    cfg = config(num_iter=21, method="dip")
-    optimizer = make_optimizer(model, cfg.with_defaults(OneLayer))
+    cfg = config(num_iter=21, method="dip", prior="one-layer")
+    optimizer = make_optimizer(model, cfg)
     assert optimizer.param_groups[0]["lr"] == 0.5  # the prior's default step
     assert optimizer.param_groups[0]["params"] == [model.prior.weight]
     saved: list = []

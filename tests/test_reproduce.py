@@ -9,7 +9,10 @@ import pytest
 from PIL import Image
 
 import reproduce
-from experiments import (
+from engine.config import to_argv
+from experiments.driver import Setting
+from experiments.driver import reproduce as run_set
+from experiments.sets import (
     COMPARE_VARIANTS,
     LIP_MASKS,
     LR_C_SWEEP,
@@ -21,6 +24,8 @@ from experiments import (
     figure_runs,
 )
 from models.lip import file_sha256, load_ticket
+from tests.conftest import tiny_profile
+from utils import InputError
 from utils.rundir import RunDir
 
 # Bundled images (a fresh clone has no paper images): two at 50% (Figure 3) and one at two
@@ -31,7 +36,10 @@ CASES = {
     "fig3": (Case("cat", 0.5), Case("coffee", 0.5)),
     "fig4": (Case("cat", 0.3), Case("cat", 0.5)),
 }
-CPU = {"gpus": ("cpu",)}
+
+
+def on_cpu(profile: Profile, out: Path, data_dir: Path) -> Setting:
+    return Setting(profile, out, data_dir, ("cpu",))
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -53,16 +61,14 @@ def test_figure_sets_are_the_papers() -> None:
     sweep = figure_runs(["lrc"])
     assert len(sweep) == (7 + 2) * len(LR_C_SWEEP) and {r.variant for r in sweep} == {"dop"}
     assert {r.lr_c for r in sweep} == set(LR_C_SWEEP) and max(LR_C_SWEEP) == 500
-    quick = PROFILES["quick"]
-    args = Run("F16", 0.5, "dip-l1").args(quick)
-    assert args[args.index("--width") + 1] == "16" and args[args.index("--crop") + 1] == "64"
-    assert args[args.index("--method") + 1] == "dip" and args[args.index("--loss") + 1] == "l1"
-    dop = Run("F16", 0.5, "dop").args(quick)  # the quick profile's rule: 1000·sqrt(n/n_512)
-    assert dop[dop.index("--lr_c") + 1] == "1000" and "sqrt" in dop and "--lr_c" not in args
-    swept = Run("F16", 0.5, "dop", lr_c=62.5).args(quick)
-    assert swept[swept.index("--lr_c") + 1] == "62.5"
-    assert swept[swept.index("--lr_c_scaling") + 1] == "none"  # the sweep sets lr_c used as is
-    with pytest.raises(KeyError):
+    quick, out = PROFILES["quick"], Path("out")
+    l1 = Run("F16", 0.5, "dip-l1").config(quick, out)
+    assert (l1.width, l1.crop, l1.method, l1.loss, l1.reuse) == (16, 64, "dip", "l1", True)
+    dop = Run("F16", 0.5, "dop").config(quick, out)  # the quick profile's rule: 1000·sqrt(n/n_512)
+    assert (dop.lr_c, dop.lr_c_scaling) == (1000, "sqrt") and "--lr_c" not in to_argv(l1)
+    swept = Run("F16", 0.5, "dop", lr_c=62.5).config(quick, out)
+    assert (swept.lr_c, swept.lr_c_scaling) == (62.5, "none")  # the sweep sets lr_c used as is
+    with pytest.raises(InputError):
         check_names(["fig9"])
 
 
@@ -74,8 +80,8 @@ def test_bad_figure_name_is_one_line_exit_2(capsys) -> None:
 
 def test_quick_set_end_to_end_and_rerun_reuses(tmp_path: Path) -> None:
     out, figs, docs = tmp_path / "out", tmp_path / "figs", tmp_path / "docs"
-    kw = dict(figs_dir=figs, table_dir=docs, cases=CASES, **CPU)
-    outcome, files = reproduce.reproduce(["all"], TINY, out, tmp_path, batch=8, **kw)
+    kw = dict(figs_dir=figs, table_dir=docs, cases=CASES)
+    outcome, files = run_set(["all"], on_cpu(TINY, out, tmp_path), batch=8, **kw)
     runs = figure_runs(["all"], CASES)
     assert len(outcome["started"]) == len(runs) and not outcome["failed"]
     for name in ("fig3", "fig4", "fig5", "readme"):
@@ -100,7 +106,7 @@ def test_quick_set_end_to_end_and_rerun_reuses(tmp_path: Path) -> None:
 
     # A rerun runs nothing: every run is reused and its history is left as it was.
     histories = {p: p.stat().st_mtime_ns for p in out.glob("*_history.csv")}
-    outcome, _ = reproduce.reproduce(["all"], TINY, out, tmp_path, **kw)
+    outcome, _ = run_set(["all"], on_cpu(TINY, out, tmp_path), **kw)
     assert len(outcome["reused"]) == len(runs) and not outcome["started"] + outcome["resumed"]
     assert {p: p.stat().st_mtime_ns for p in out.glob("*_history.csv")} == histories
 
@@ -109,17 +115,13 @@ def test_a_run_made_with_other_settings_is_refused(tmp_path: Path, capsys) -> No
     """A folder that holds a run of the same name made with other settings (here: another lr_c
     rule) is not reused, resumed or overwritten: that run fails with a one-line reason."""
     cases = {"fig3": (Case("cat", 0.5),), "fig4": ()}
-    tiny = Profile("tiny", 64, 1 / 32, 40 / 150_000, show_every=20, save_every=20)
-    kw = dict(cases=cases, **CPU)
-    outcome, _ = reproduce.reproduce(
-        ["fig3"], tiny, tmp_path / "out", tmp_path, tmp_path, tmp_path, **kw
-    )
+    tiny = tiny_profile(40)
+    outcome, _ = run_set(["fig3"], on_cpu(tiny, tmp_path / "out", tmp_path), tmp_path, tmp_path,
+                         cases=cases)  # fmt: skip
     assert len(outcome["started"]) == 2
-    other = Profile("tiny", 64, 1 / 32, 40 / 150_000, show_every=20, save_every=20,
-                    lr_c_scaling="sqrt")  # fmt: skip
-    outcome, _ = reproduce.reproduce(
-        ["fig3"], other, tmp_path / "out", tmp_path, tmp_path, tmp_path, **kw
-    )
+    other = tiny_profile(40, lr_c_scaling="sqrt")
+    outcome, _ = run_set(["fig3"], on_cpu(other, tmp_path / "out", tmp_path), tmp_path, tmp_path,
+                         cases=cases)  # fmt: skip
     assert outcome["failed"] == [Run("cat", 0.5, "dop").ckpt(other)]
     assert outcome["reused"] == [Run("cat", 0.5, "dip-l1").ckpt(other)]  # lr_c plays no part
     assert "lr_c_scaling='none', not 'sqrt'" in capsys.readouterr().err
@@ -127,16 +129,16 @@ def test_a_run_made_with_other_settings_is_refused(tmp_path: Path, capsys) -> No
 
 def test_killed_run_is_resumed_and_longer_run_extends(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    kw = dict(figs_dir=tmp_path / "figs", table_dir=tmp_path / "docs", **CPU)
+    kw = dict(figs_dir=tmp_path / "figs", table_dir=tmp_path / "docs")
     cases = {"fig3": (Case("cat", 0.5),), "fig4": ()}
-    short = Profile("tiny", 64, 1 / 32, 100 / 150_000, show_every=50, save_every=50)
-    outcome, _ = reproduce.reproduce(["fig3"], short, out, tmp_path, cases=cases, **kw)
+    short = tiny_profile(100, show_every=50, save_every=50)
+    outcome, _ = run_set(["fig3"], on_cpu(short, out, tmp_path), cases=cases, **kw)
     assert len(outcome["started"]) == 2
     # Simulate a run killed after its checkpoint: no config.json; then ask for more iterations.
     dop = RunDir(out, Run("cat", 0.5, "dop").ckpt(short))
     dop.path("config").unlink()
-    longer = Profile("tiny", 64, 1 / 32, 150 / 150_000, show_every=50, save_every=50)
-    outcome, _ = reproduce.reproduce(["fig3"], longer, out, tmp_path, cases=cases, **kw)
+    longer = tiny_profile(150, show_every=50, save_every=50)
+    outcome, _ = run_set(["fig3"], on_cpu(longer, out, tmp_path), cases=cases, **kw)
     expected = sorted(r.ckpt(longer) for r in figure_runs(["fig3"], cases))
     assert sorted(outcome["resumed"]) == expected
     report = dop.config()["report"]
@@ -146,11 +148,9 @@ def test_killed_run_is_resumed_and_longer_run_extends(tmp_path: Path) -> None:
 def test_jobs_run_as_subprocesses(tmp_path: Path) -> None:
     out = tmp_path / "out"
     cases = {"fig3": (Case("cat", 0.5),), "fig4": ()}
-    tiny = Profile("tiny", 64, 1 / 32, 60 / 150_000, show_every=20, save_every=20)
-    outcome, files = reproduce.reproduce(
-        ["fig3"], tiny, out, tmp_path, tmp_path / "figs", tmp_path / "docs", jobs=2, cases=cases,
-        **CPU,
-    )  # fmt: skip
+    tiny = tiny_profile(60)
+    outcome, files = run_set(["fig3"], on_cpu(tiny, out, tmp_path), tmp_path / "figs",
+                             tmp_path / "docs", jobs=2, cases=cases)  # fmt: skip
     assert len(outcome["started"]) == 2 and not outcome["failed"]
     for run in figure_runs(["fig3"], cases):
         assert "last iterate PSNR" in RunDir(out, run.ckpt(tiny)).log.read_text()
@@ -161,12 +161,11 @@ def test_run_killed_before_its_first_checkpoint_starts_over(tmp_path: Path) -> N
     out = tmp_path / "out"
     out.mkdir()
     cases = {"fig3": (Case("cat", 0.5),), "fig4": ()}
-    tiny = Profile("tiny", 64, 1 / 32, 40 / 150_000, show_every=20, save_every=20)
+    tiny = tiny_profile(40)
     dop = RunDir(out, Run("cat", 0.5, "dop").ckpt(tiny))
     dop.path("noisy").write_bytes(b"left over")  # no state.pt, no config.json
-    outcome, _ = reproduce.reproduce(
-        ["fig3"], tiny, out, tmp_path, tmp_path / "figs", tmp_path / "docs", cases=cases, **CPU
-    )
+    outcome, _ = run_set(["fig3"], on_cpu(tiny, out, tmp_path), tmp_path / "figs",
+                         tmp_path / "docs", cases=cases)  # fmt: skip
     assert len(outcome["started"]) == 2 and not outcome["failed"]
     with Image.open(dop.path("noisy")) as img:
         assert img.format == "PNG"
@@ -177,11 +176,12 @@ def test_comparison_table_on_the_same_noise(tmp_path: Path, capsys) -> None:
     the lottery prior's mask found first, without ground truth, on a held-out image."""
     out, docs = tmp_path / "out", tmp_path / "docs"
     cases = {"compare": (Case("cat", 0.5), Case("cat", 0.12, "gaussian"))}
-    kw = dict(figs_dir=tmp_path / "figs", table_dir=docs, cases=cases, **CPU)
+    kw = dict(figs_dir=tmp_path / "figs", table_dir=docs, cases=cases)
     lip_runs = [case.run("lip", observe=True).ckpt(TINY) for case in cases["compare"]]
-    outcome, _ = reproduce.reproduce(["compare"], TINY, out, tmp_path, collect=True, **kw)
-    assert set(lip_runs) <= set(outcome["missing"])  # nothing runs, not even the mask search
-    outcome, files = reproduce.reproduce(["compare"], TINY, out, tmp_path, batch=3, **kw)
+    with pytest.raises(InputError, match="nothing drawn"):  # nothing runs, not even the search
+        run_set(["compare"], on_cpu(TINY, out, tmp_path), collect=True, **kw)
+    assert not docs.exists()
+    outcome, files = run_set(["compare"], on_cpu(TINY, out, tmp_path), batch=3, **kw)
     variants = len(COMPARE_VARIANTS)  # DOP, DIP, DIP-L1, the decoder (+ DOP), DRP, the lottery
     assert len(outcome["started"]) == 2 * variants and not outcome["failed"]
     mask = LIP_MASKS.mask(TINY, out)
@@ -207,14 +207,14 @@ def test_comparison_table_on_the_same_noise(tmp_path: Path, capsys) -> None:
         [made_for] = [r for r in rows if r["noise"] == noise and r["method"] == baseline]
         assert float(made_for["last_psnr"]) > float(runs[0]["noisy_psnr"]) + 3
     searched = mask.stat().st_mtime_ns
-    again, _ = reproduce.reproduce(["compare"], TINY, out, tmp_path, **kw)
+    again, _ = run_set(["compare"], on_cpu(TINY, out, tmp_path), **kw)
     assert len(again["reused"]) == 2 * variants and mask.stat().st_mtime_ns == searched
     moved = shutil.copytree(out, tmp_path / "moved")  # the mask is known by its content
-    assert reproduce.reproduce(["compare"], TINY, moved, tmp_path, collect=True, **kw)[0] == {
+    assert run_set(["compare"], on_cpu(TINY, moved, tmp_path), collect=True, **kw)[0] == {
         "reused": again["reused"], "missing": [], "failed": []}  # fmt: skip
     capsys.readouterr()
     longer = dataclasses.replace(TINY, imp_iters=30)  # a search of that name made otherwise
-    again, _ = reproduce.reproduce(["compare"], longer, out, tmp_path, **kw)
+    again, _ = run_set(["compare"], on_cpu(longer, out, tmp_path), **kw)
     assert (
         again["failed"] == [LIP_MASKS.ckpt(TINY), *lip_runs] and mask.stat().st_mtime_ns == searched
     )

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import reproduce
 from benchmarks import speed as benchmark
-from experiments import Case, Profile, figure_runs
+from engine.config import RunConfig
+from engine.loop import Speed, build_model, fit, fit_batch, make_optimizer
+from experiments.driver import Setting, reproduce
+from experiments.sets import Case, figure_runs
 from models import SkipNet
-from recovery import Speed, build_model, fit, fit_batch, make_optimizer
-from tests.conftest import DEVICES, image_crop
-from utils.config import RunConfig
+from tests.conftest import DEVICES, config, image_crop, roundtrip, small_problem, tiny_profile
 from utils.noise import salt_and_pepper
 from utils.rundir import RunDir
 from utils.seeding import derive_seed
@@ -25,16 +25,8 @@ SHAPE = (3, 45, 37)  # odd sides: the nets' crops and concats on uneven sizes
 
 
 def problems(runs: int, dtype=torch.float32):
-    """``runs`` different (noisy, clean) pairs of the same shape, as (K, C, H, W) tensors."""
-    g = torch.Generator().manual_seed(7)
-    clean = torch.rand(runs, *SHAPE, generator=g)
-    hit = torch.rand(clean.shape, generator=g) < torch.linspace(0.1, 0.5, runs)[:, None, None, None]
-    noisy = torch.where(hit, torch.rand(clean.shape, generator=g).round(), clean)
-    return noisy.to(dtype), clean.to(dtype)
-
-
-def config(**settings) -> RunConfig:
-    return RunConfig(**({"width": 4, "show_every": 5, "save_every": 20} | settings))
+    """``runs`` different (noisy, clean) pairs of SHAPE: 10% to 50% of the entries corrupted."""
+    return small_problem(runs, SHAPE, 7, torch.linspace(0.1, 0.5, runs), dtype)
 
 
 def model(cfg: RunConfig, seeds, device="cpu", dtype=torch.float32):
@@ -61,7 +53,7 @@ def test_grouped_net_computes_what_separate_nets_compute(device: str) -> None:
 
 
 def test_states_stack_and_unstack_exactly() -> None:
-    cfg = config(alg="adam", lr=0.01).with_defaults()
+    cfg = config(alg="adam", lr=0.01)
     single = [model(cfg, [s]) for s in (0, 1)]
     optimizer_states = []
     for m in single:  # one Adam step each, so the optimizer states hold per-entry tensors
@@ -99,7 +91,7 @@ def test_batched_runs_give_the_histories_of_separate_runs(settings: dict) -> Non
     saved = {}
     together = fit_batch(
         model(cfg, seeds, dtype=f64), y, cfg, seeds=seeds, clean=clean, progress=False,
-        checkpoint=lambda states: saved.setdefault(states[0]["iteration"], _copy(states)),
+        checkpoint=lambda states: saved.setdefault(states[0]["iteration"], roundtrip(states)),
     )  # fmt: skip
     for a, b in zip(alone, together, strict=True):
         assert [r["iteration"] for r in a.history] == [r["iteration"] for r in b.history]
@@ -114,13 +106,6 @@ def test_batched_runs_give_the_histories_of_separate_runs(settings: dict) -> Non
                                [r["psnr"] for r in together[2].history], rtol=1e-9)  # fmt: skip
 
 
-def _copy(states):
-    buffer = io.BytesIO()
-    torch.save(states, buffer)
-    buffer.seek(0)
-    return torch.load(buffer, weights_only=False)
-
-
 def test_a_diverging_run_keeps_only_finite_checkpoints() -> None:
     """The state is saved at the top of an iteration whose logged row finds the divergence, so
     the saved state must be checked itself: the run keeps its last finite checkpoint."""
@@ -129,7 +114,7 @@ def test_a_diverging_run_keeps_only_finite_checkpoints() -> None:
     saved: list[list] = []
     together = fit_batch(
         model(cfg, [0, 1]), y, cfg, seeds=[0, 1], clean=clean, progress=False,
-        checkpoint=lambda states: saved.append(_copy(states)),
+        checkpoint=lambda states: saved.append(roundtrip(states)),
     )  # fmt: skip
     assert all(r.diverged_at is not None for r in together)
     assert all(is_finite(state) for states in saved for state in states if state is not None)
@@ -165,7 +150,7 @@ def test_fast_path_agrees_with_the_faithful_path(device: str) -> None:
     fast = dataclasses.replace(Speed.of(True, device), bf16=True)
     curves = []
     for speed in (Speed(), fast):
-        cfg = RunConfig(width=16, num_iter=500, show_every=100)
+        cfg = RunConfig(width=16, num_iter=500, show_every=100).resolved()
         m = build_model(cfg, clean_np.shape, [0]).to(device)
         result = fit(m, y, cfg, clean=clean, speed=speed, progress=False)
         curves.append([row["psnr"] for row in result.history])
@@ -204,7 +189,7 @@ def test_adam_resumes_across_optimizer_kernels() -> None:
     for first, second in ((Speed(), Speed(fused=True)), (Speed(fused=True), Speed())):
         saved = []
         fit(model(cfg, [0], "cuda"), y, cfg, clean=clean, speed=first, progress=False,
-            checkpoint=lambda state, saved=saved: saved.append(_copy(state)))  # fmt: skip
+            checkpoint=lambda state, saved=saved: saved.append(roundtrip(state)))  # fmt: skip
         longer = dataclasses.replace(cfg, num_iter=20)
         resumed = fit(model(cfg, [0], "cuda"), y, longer, clean=clean, speed=second,
                       state=saved[-1], progress=False)  # fmt: skip
@@ -225,11 +210,10 @@ def test_compiled_path_agrees_with_the_faithful_path() -> None:
 
 def test_reproduce_in_batches(tmp_path) -> None:
     cases = {"fig3": (), "fig4": (Case("astronaut", 0.3), Case("astronaut", 0.5))}
-    tiny = Profile("tiny", 64, 1 / 32, 40 / 150_000, show_every=20, save_every=20)
-    outcome, _ = reproduce.reproduce(
-        ["fig4"], tiny, tmp_path / "out", tmp_path, tmp_path / "figs", tmp_path / "docs",
-        gpus=("cpu",), cases=cases, batch=8,
-    )  # fmt: skip
+    tiny = tiny_profile(40)
+    setting = Setting(tiny, tmp_path / "out", tmp_path, ("cpu",))
+    outcome, _ = reproduce(["fig4"], setting, tmp_path / "figs", tmp_path / "docs", cases=cases,
+                           batch=8)  # fmt: skip
     assert len(outcome["started"]) == 4 and not outcome["failed"]
     for run in figure_runs(["fig4"], cases):  # DOP and DIP-L1 at two levels: two batches of two
         assert RunDir(tmp_path / "out", run.ckpt(tiny)).config()["report"]["batch_size"] == 2
@@ -242,7 +226,9 @@ def test_benchmark_runs_at_a_tiny_size(capsys) -> None:
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("device: cpu")
     rows = [
-        m.groups() for line in lines if (m := re.fullmatch(r"(faithful|fast) +(\S+) +(\S+)", line))
+        m.groups()
+        for line in lines
+        if (m := re.fullmatch(r"(faithful|fast) +([\d.]+) +([\d.]+)", line))
     ]
     rates = {path: float(rate) for path, rate, _ in rows}
     assert rates.keys() == {"faithful", "fast"} and all(np.isfinite([float(f) for *_, f in rows]))

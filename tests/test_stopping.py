@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from recovery import build_model, build_observers, fit_batch
-from tests.test_recovery import config, small_problem
+from engine.loop import build_model, fit_batch
+from tests.conftest import config, small_problem
 from utils.observers import MovingAverage
 from utils.stopping import ExponentialVariance, WindowedVariance
 
@@ -108,9 +108,8 @@ def fit_rules(rows, num_iter: int, states=None, saved=None, **settings):
     y, clean = (t.double()[list(rows)] for t in small_problem(2))
     seeds = [5 * k for k in rows]
     model = build_model(cfg, y.shape[1:], seeds, scales=3).double()
-    observers = build_observers(cfg, y.shape, y.dtype)
     checkpoint = None if saved is None else saved.append
-    return fit_batch(model, y, cfg, seeds=seeds, clean=clean, observers=observers, states=states,
+    return fit_batch(model, y, cfg, seeds=seeds, clean=clean, states=states,
                      checkpoint=checkpoint, progress=False)  # fmt: skip
 
 

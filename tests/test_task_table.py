@@ -5,9 +5,9 @@ from csv import DictReader
 from pathlib import Path
 
 from benchmarks import tasks
-from experiments import VARIANTS, Profile
+from engine.config import parse
+from experiments.sets import VARIANTS, Profile
 from tests.conftest import TEST_IMAGE
-from utils.config import parse
 
 
 def test_every_row_variant_runs_on_every_setting(capsys) -> None:

@@ -1,6 +1,8 @@
-"""--task from the command line: inpainting, super-resolution, deblurring and blind deblurring,
-their outputs, batches, resume, refusals; blind deblurring's kernel on a Levin crop."""
+"""--task from the command line: every task with every prior and method (the registries),
+inpainting, super-resolution, deblurring and blind deblurring, their outputs, batches, resume,
+refusals; blind deblurring's kernel on a Levin crop."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,12 +11,15 @@ import torch
 from PIL import Image
 
 import denoising
-from recovery import build_model, fit
-from tests.test_cli import IMAGE, cli, outputs
-from tests.test_operators import HAVE_LEVIN, LEVIN
-from utils.config import RunConfig
+import lip
+from engine import run
+from engine.config import METHODS, RunConfig, parse
+from engine.loop import build_model, fit
+from models import PRIORS
+from tasks import TASKS
+from tasks.operators import KernelNet, convolve_valid
+from tests.conftest import HAVE_LEVIN, IMAGE, LEVIN, cli, outputs
 from utils.metrics import kernel_correlation
-from utils.operators import KernelNet, convolve_valid
 
 
 def kernel_png(tmp_path: Path, size: int = 7, colour: bool = False) -> str:
@@ -26,6 +31,51 @@ def kernel_png(tmp_path: Path, size: int = 7, colour: bool = False) -> str:
     path = tmp_path / ("kernel_rgb.png" if colour else "kernel.png")
     Image.fromarray(np.stack([pixels] * 3, -1) if colour else pixels).save(path)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def mask(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A lottery-prior mask of the width-4 skip net (one round of IMP, 3 iterations)."""
+    out = tmp_path_factory.mktemp("mask")
+    argv = ["--image", "astronaut", "--crop", "64", "--width", "4", "--rounds", "1",
+            "--num_iter", "3", "--show_every", "1", "--save_every", "1", "--gpu", "cpu",
+            "--ckpt", "m", "--out_dir", str(out), "--quiet"]  # fmt: skip
+    assert lip.main(argv) == 0
+    return str(out / "m_mask_1.pt")
+
+
+# What the tests know each task and prior needs on the command line (a new one without an entry
+# here is tried without: it must then run, or be refused in one line).
+NEEDS = {"deblur": ["--kernel", "KERNEL"], "blind-deblur": ["--kernel", "KERNEL"],
+         "lip": ["--mask", "MASK"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("prior", PRIORS)
+@pytest.mark.parametrize("method", METHODS)
+def test_every_task_prior_and_method_runs_or_is_refused_in_one_line(
+    tmp_path: Path, capsys, mask: str, task: str, prior: str, method: str
+) -> None:
+    """Every combination of the registries runs three iterations and writes its outputs, or
+    exits 2 with one line and writes nothing; those the tests know the flags of must run."""
+    extra = [a.replace("KERNEL", kernel_png(tmp_path)).replace("MASK", mask)
+             for a in NEEDS.get(task, []) + NEEDS.get(prior, [])]  # fmt: skip
+    argv = cli(tmp_path, "--image", "astronaut", "--task", task, "--prior", prior,
+               "--method", method, "--num_iter", "3", "--show_every", "1", "--save_every", "1",
+               *extra)  # fmt: skip
+    code = denoising.main(argv)
+    err = capsys.readouterr().err.strip()
+    if code == 2:
+        assert re.fullmatch(r"error: [^\n]+", err) and "Traceback" not in err
+        assert not (tmp_path / "out").exists()
+    else:
+        assert code == 0, err
+        record = outputs(tmp_path).config()
+        assert record["report"]["iterations_done"] == 3 and outputs(tmp_path).path("last").is_file()
+        assert (record["settings"]["task"], record["settings"]["prior"]) == (task, prior)
+    known = (task in ("denoise", "inpaint", "sr") or task in NEEDS) and prior in (
+        "skip", "decoder", "drp", *NEEDS)  # fmt: skip
+    assert code == 0 or not known, err
 
 
 @pytest.mark.parametrize("task", ["inpaint", "sr", "deblur", "blind-deblur"])
@@ -65,7 +115,8 @@ def test_batched_inpainting_runs_have_their_own_masks(tmp_path: Path) -> None:
         return cli(tmp_path / out, "--task", "inpaint", "--image", "astronaut", "--num_iter",
                    "10", "--seed", seed, "--ckpt", f"s{seed}")  # fmt: skip
 
-    assert denoising.run_batch([argv("batched", "0"), argv("batched", "1")], 4) == [0, 0]
+    outcomes = run([parse(argv("batched", "0")), parse(argv("batched", "1"))], max_batch=4)
+    assert [o.code for o in outcomes] == [0, 0]
     assert denoising.main(argv("alone", "1")) == 0
     batched, alone = outputs(tmp_path / "batched", "s1"), outputs(tmp_path / "alone", "s1")
     assert batched.path("pixel_mask").read_bytes() == alone.path("pixel_mask").read_bytes()
@@ -148,7 +199,7 @@ def check_blind_deblurring(size) -> None:
     n = size or kernel.shape[0]
     cfg = RunConfig(method="dip", task="blind-deblur", width=8, num_iter=200, show_every=100,
                     kernel_size=n, lr_kernel=3e-3, loss="l2_then_ssim",
-                    loss_switch=100)  # fmt: skip
+                    loss_switch=100).resolved()  # fmt: skip
     y = convolve_valid(torch.from_numpy(scene)[None, None], torch.from_numpy(kernel)[None])
     operator = KernelNet((n, n), [0])
     start = kernel_correlation(operator.kernel()[0].detach().numpy(), kernel)

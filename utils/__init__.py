@@ -1,6 +1,11 @@
-"""Data, corruption, metrics and file helpers for the recovery experiments."""
+"""The bottom layer: data, corruption, metrics, losses, observers, file helpers. Nothing here
+imports from models/, tasks/ or engine/."""
+
+from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 
 
 class InputError(Exception):
@@ -13,3 +18,16 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:
         raise InputError(f"{message} (see --help)")
+
+
+def guarded(main: Callable[[], int], interrupted: str = "") -> int:
+    """Every entry point's body: a bad input is one line on stderr and exit code 2, Ctrl-C one
+    line (``interrupted``: how to go on) and 130; anything else is a bug and shows its traceback."""
+    try:
+        return main()
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted{': ' + interrupted if interrupted else ''}", file=sys.stderr)
+        return 130

@@ -13,14 +13,10 @@ only.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from utils.metrics import ssim_of
-
-if TYPE_CHECKING:
-    from utils.config import RunConfig
 
 
 def l2(residual: Tensor) -> Tensor:
@@ -51,17 +47,19 @@ LOSSES: dict[str, Callable[[Tensor], Tensor]] = {"l2": l2, "l1": l1, "rmse": rms
 LOSS_NAMES = (*LOSSES, "l2_then_ssim")
 
 
-def objective(cfg: RunConfig, prediction: Tensor, y: Tensor, x: Tensor, iteration: int) -> Tensor:
-    """The K values the loop minimises at ``iteration``: the data fit of ``cfg.loss``, plus
-    ``cfg.tv`` times the total variation of the image estimates x when ``--tv`` is set."""
-    fit = data_fit(cfg, prediction, y, iteration)
-    return fit + cfg.tv * total_variation(x) if cfg.tv else fit
+def objective(prediction: Tensor, y: Tensor, x: Tensor, iteration: int, *, loss: str,
+              tv: float = 0.0, loss_switch: int = 0) -> Tensor:  # fmt: skip
+    """The K values the loop minimises at ``iteration``: the data fit of ``loss``, plus ``tv``
+    times the total variation of the image estimates x when it is not 0."""
+    fit = data_fit(prediction, y, iteration, loss, loss_switch)
+    return fit + tv * total_variation(x) if tv else fit
 
 
-def data_fit(cfg: RunConfig, prediction: Tensor, y: Tensor, iteration: int) -> Tensor:
-    """The K losses of ``cfg.loss`` at ``iteration``."""
-    if cfg.loss != "l2_then_ssim":
-        return LOSSES[cfg.loss](prediction - y)
-    if iteration < cfg.loss_switch:
+def data_fit(prediction: Tensor, y: Tensor, iteration: int, loss: str, loss_switch: int = 0
+             ) -> Tensor:  # fmt: skip
+    """The K losses of ``loss`` at ``iteration`` (``l2_then_ssim``: l2 before ``loss_switch``)."""
+    if loss != "l2_then_ssim":
+        return LOSSES[loss](prediction - y)
+    if iteration < loss_switch:
         return l2(prediction - y)
     return 1.0 - ssim_of(prediction, y)

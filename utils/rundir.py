@@ -5,12 +5,20 @@ A run named CKPT writes ``OUT_DIR/CKPT_<name>`` for every name in ``FILES``, eac
 ``config.json`` holds ``{"format", "settings", "data", "report"}``: the RunConfig fields, the
 identity of the data (files, sha256, shape), and the outcome. ``state.pt`` holds the same
 settings and data with the resumable state of the loop.
+
+Before a run looks at its folder it takes ``OUT_DIR/CKPT.lock`` (``RunLock``): an exclusive
+``flock`` that the operating system releases when the process ends, however it ends, so two
+processes never write one run and a killed run leaves nothing to clean up. ``claim`` then decides,
+by a policy, whether the run starts, resumes, is reused or is refused (``POLICIES``).
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +47,11 @@ FILES = {
     "kernels": "kernels.npz",  # blind deblurring: the estimated (and true) kernels' values
     "state": "state.pt",  # the resumable state
 }
+# What ``claim`` does with an earlier run of the same name: "new" refuses it (the command line
+# without --resume or --overwrite), "resume" continues it (the same settings and data), "overwrite"
+# removes its files, "auto" reuses it when it has ended, resumes it when it has a checkpoint and
+# starts over what a run killed before its first checkpoint left (the drivers' mode).
+POLICIES = ("new", "resume", "overwrite", "auto")
 
 
 @dataclass(frozen=True)
@@ -63,11 +76,10 @@ class RunDir:
         Path(self.out_dir).mkdir(parents=True, exist_ok=True)
         save_png(self.path(name), image)
 
-    def save_noise(self, **arrays: np.ndarray) -> None:
-        save_npz(self.path("noise"), **arrays)
-
-    def save_kernels(self, **arrays: np.ndarray) -> None:
-        save_npz(self.path("kernels"), **arrays)
+    def save_arrays(self, name: str, **arrays: np.ndarray) -> None:
+        """An .npz file of FILES (noise, kernels)."""
+        Path(self.out_dir).mkdir(parents=True, exist_ok=True)
+        save_npz(self.path(name), **arrays)
 
     def save_history(self, rows: list[dict[str, float]]) -> None:
         columns = list(rows[0]) if rows else ["iteration", "loss"]
@@ -117,35 +129,114 @@ class RunDir:
         return state
 
     # --- starting
-    def claim(self, settings: dict, data: dict, num_iter: int, resume: bool,
-              overwrite: bool) -> dict | None:  # fmt: skip
-        """Make the folder ready for a run with these defining settings and data: with
-        ``overwrite`` remove every file of an earlier run; with ``resume`` return its state after
-        checking it is the same run; otherwise refuse to touch an existing run."""
+    def claim(self, settings: dict, data: dict, num_iter: int, policy: str
+              ) -> tuple[str, dict | None]:  # fmt: skip
+        """What to do with this run, by ``policy`` (``POLICIES``), given its defining settings
+        and data: ("start", None) with the folder cleared of an earlier run's files where the
+        policy allows it, ("resume", state), or ("reuse", None) for an ended run (auto only).
+        InputError when the policy refuses, or the folder holds this name with other settings.
+        Call it holding the run's lock."""
         existing = self.existing()
-        if overwrite:  # all of them, so no file of the old run survives beside the new one
-            for path in existing:
-                path.unlink()
-            return None
-        if not resume:
-            if existing:
-                raise InputError(f"{existing[0]} exists: pass --resume to continue that run, "
-                                 "--overwrite to replace it, or choose another --ckpt")  # fmt: skip
-            return None
+        if policy == "new" and existing:
+            raise InputError(f"{existing[0]} exists: pass --resume to continue that run, "
+                             "--overwrite to replace it, or choose another --ckpt")  # fmt: skip
+        if policy == "auto" and self.ended(settings, data, num_iter):
+            return "reuse", None
+        if policy == "resume" or (policy == "auto" and self.path("state").is_file()):
+            return "resume", self.resumable(settings, data, num_iter)
+        for path in existing:  # "overwrite", or "auto" over a run killed before its checkpoint
+            path.unlink()
+        return "start", None
+
+    def ended(self, settings: dict, data: dict | None, num_iter: int) -> bool:
+        """Whether the run has ended (finished at ``num_iter``, stopped by its rule, or diverged)
+        with these settings and (when given) data; InputError when the folder holds a run of
+        this name made otherwise."""
+        if (record := self.config()) is None:
+            return False
+        advice = "delete the run's files or choose another folder"
+        check_same(self.path("config"), record["settings"], settings, advice)
+        if data is not None:
+            check_same(self.path("config"), comparable(record["data"]), comparable(data), advice)
+        report = record["report"]
+        return report["status"] in ("diverged", "stopped") or report["iterations_done"] == num_iter
+
+    def resumable(self, settings: dict, data: dict, num_iter: int) -> dict:
+        """The checkpoint, checked to be of the same run (settings and data) and not past
+        ``num_iter``."""
         if not self.path("state").exists():
             raise InputError(f"--resume: no checkpoint {self.path('state')}; start the run "
                              "without --resume")  # fmt: skip
         state = self.state()
-        for saved, wanted in ((state["settings"], settings), (state["data"], data)):
-            check_same(
-                self.path("state"),
-                saved,
-                wanted,
-                "--resume needs the same; use it or another --ckpt",
-            )
+        advice = "--resume needs the same; use it or another --ckpt"
+        check_same(self.path("state"), state["settings"], settings, advice)
+        check_same(self.path("state"), comparable(state["data"]), comparable(data), advice)
         if state["iteration"] > num_iter:
             raise InputError(f"--resume: the run is already at iteration {state['iteration']}")
         return state
+
+    def lock(self, wait: float = 0.0) -> RunLock:
+        """The run's lock, taken (waiting up to ``wait`` seconds for another holder)."""
+        return RunLock(Path(self.out_dir) / f"{self.ckpt}.lock", self.ckpt, wait)
+
+
+class RunLock:
+    """An exclusive claim on a run: ``fcntl.flock`` on ``OUT_DIR/CKPT.lock``, a file that names
+    the holder (process id, start time) and exists while the run is held. The lock goes with
+    the process: a run killed in any way (kill -9 included) releases it, and the next run of
+    the name takes it over. The holder removes the file before it lets go, so a waiter that got
+    the lock of a removed file sees that the file at the path is not the one it locked and
+    tries again."""
+
+    def __init__(self, path: Path, name: str, wait: float = 0.0) -> None:
+        self.path = path
+        deadline = time.monotonic() + wait
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+                os.close(fd)
+                if time.monotonic() >= deadline:
+                    pid, since = (holder + ["?", "?"])[:2]
+                    raise InputError(f"{name} is being written by process {pid} since {since} "
+                                     f"({path}); wait for it to end, or choose another --ckpt"
+                                     ) from None  # fmt: skip
+                time.sleep(0.1)
+                continue
+            if same_file(fd, path):  # not a file its holder removed while this one waited
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode(), 0)
+        self.fd: int | None = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # while holding it (see the class's docstring)
+            os.close(self.fd)  # closing the last descriptor releases the flock
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def comparable(identity: dict) -> dict:
+    """A data identity as runs are compared: a file by its content (sha256), not its path, so
+    that a moved folder's runs are the same runs."""
+    return {key: value for key, value in identity.items()
+            if identity.get(f"{key}_sha256") is None}  # fmt: skip
 
 
 def check_same(path: Path, saved: dict, wanted: dict, advice: str) -> None:

@@ -6,9 +6,11 @@ runs along dimension 0, so it moves, checkpoints and batches with the model. The
 it forward; it never needs an adjoint. Besides ``forward`` an operator says
 
 * ``output_shape((C, H, W))``: the shape of one run's A(x), which the sparse term g⊙g − h⊙h takes
-  (the observation's: smaller than x for super-resolution and a 'valid' blur);
+  (the observation's: smaller than x for super-resolution and a 'valid' blur), and its inverse
+  ``input_shape``: the shape of x for an observation of a given shape;
 * ``crop(x)``: the part of x that is reported and compared with the clean image (all of x, except
-  for a 'valid' blur: the centre of the observation's size, as SelfDeblur reports it).
+  for a 'valid' blur: the centre of the observation's size, as SelfDeblur reports it), of shape
+  ``crop_shape((C, H, W))``.
 
 =============== ============================================== =====================================
 operator        A(x)                                            shapes
@@ -42,8 +44,16 @@ class Operator(nn.Module):
     def output_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         return tuple(shape)
 
+    def input_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The shape of x whose A(x) has ``shape`` (the inverse of ``output_shape``)."""
+        return tuple(shape)
+
     def crop(self, x: Tensor) -> Tensor:
         return x
+
+    def crop_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The shape of ``crop(x)`` for x of ``shape``."""
+        return tuple(shape)
 
 
 class Identity(Operator):
@@ -102,6 +112,10 @@ class Downsample(Operator):
             raise ValueError(f"the factor {self.factor} does not divide the size {h}x{w}")
         return c, h // self.factor, w // self.factor
 
+    def input_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        c, h, w = shape
+        return c, h * self.factor, w * self.factor
+
 
 def convolve_valid(x: Tensor, kernels: Tensor) -> Tensor:
     """(x_k ∗ k_k) for each run k, every channel alike, 'valid': x (K, C, H, W), kernels
@@ -143,6 +157,14 @@ class Blur(Operator):
         c, h, w = shape
         kh, kw = self.kernel_size
         return c, h - kh + 1, w - kw + 1
+
+    def input_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        c, h, w = shape
+        kh, kw = self.kernel_size
+        return c, h + kh - 1, w + kw - 1
+
+    def crop_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        return self.output_shape(shape)
 
     def crop(self, x: Tensor) -> Tensor:
         kh, kw = self.kernel_size

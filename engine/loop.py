@@ -6,7 +6,7 @@ The model of an observation y (K runs at once, runs along dimension 0):
 
 * the prior f (models/: a generator, its input z, which of its tensors are trained, its input
   perturbation η drawn afresh at every iteration, its default optimizer),
-* the forward operator A (utils/operators.py; the identity for denoising),
+* the forward operator A (tasks/: the task's operator; the identity for denoising),
 * the sparse-outlier term s (models/sparse.py; You, Zhu, Qu, Ma, NeurIPS 2020, arXiv 2006.08857),
 * the data-fit loss of the residual A(x) + s − y, and an optional TV penalty of x (utils/losses.py),
 * observers of every iterate that use no ground truth (utils/observers.py): an output moving
@@ -34,12 +34,13 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from engine.config import RunConfig
 from models import PRIORS, Prior, SparseTerm
-from utils.config import RunConfig
+from tasks import TASKS
+from tasks.operators import Operator
 from utils.losses import objective
 from utils.metrics import METRICS
 from utils.observers import MovingAverage, Observer
-from utils.operators import Identity, Operator
 from utils.seeding import derive_seed
 from utils.state import is_finite, stack_states, unstack_state
 from utils.stopping import RULES, StoppingRule, stopping_rules
@@ -53,7 +54,7 @@ class Model(nn.Module):
     ) -> None:
         super().__init__()
         self.prior = prior
-        self.operator = operator if operator is not None else Identity()
+        self.operator = operator if operator is not None else Operator()
         self.sparse = sparse
 
     @property
@@ -73,22 +74,30 @@ def build_model(
     cfg: RunConfig, image_shape: Sequence[int], seeds: Sequence[int],
     operator: Operator | None = None, **prior_options,
 ) -> Model:  # fmt: skip
-    """The model of ``cfg`` for K = len(seeds) runs with images x of ``image_shape`` (C, H, W)
-    and the forward ``operator`` (default: the identity), each run drawn from the streams of its
-    own seed, on the CPU (so the draws do not depend on the device). The sparse term has the
-    shape of the observation A(x). ``prior_options`` go to the prior (e.g. ``scales``), beside
-    those it takes from ``cfg`` (``Prior.options``: the lottery prior's ``--mask``)."""
-    cfg = cfg.with_defaults()
+    """The model of ``cfg`` (resolved) for K = len(seeds) runs with images x of ``image_shape``
+    (C, H, W) and the forward ``operator`` (default: the identity), each run drawn from the
+    streams of its own seed, on the CPU (so the draws do not depend on the device). The sparse
+    term has the shape of the observation A(x). The prior's constructor gets the options it
+    takes from ``cfg`` (``Prior.options``: the lottery prior's ``--mask``), those of the task
+    for it (``Task.prior_options``: SelfDeblur's skip net), then ``prior_options``."""
+    require_resolved(cfg)
     kind = PRIORS[cfg.prior]
-    prior = kind(image_shape, width=cfg.width, seeds=seeds, pad=cfg.pad,
-                 **(kind.options(cfg) | prior_options))  # fmt: skip
-    operator = operator if operator is not None else Identity()
+    options = kind.options(cfg) | TASKS[cfg.task].prior_options.get(cfg.prior, {}) | prior_options
+    prior = kind(image_shape, width=cfg.width, seeds=seeds, pad=cfg.pad, **options)
+    operator = operator if operator is not None else Operator()
     observed = operator.output_shape(image_shape)
     sparse = SparseTerm(observed, seeds) if cfg.method == "dop" else None
     return Model(prior, operator, sparse)
 
 
-def build_observers(cfg: RunConfig, shape: Sequence[int], dtype: torch.dtype) -> list[Observer]:
+def require_resolved(cfg: RunConfig) -> None:
+    """The model and the loop take settings resolved once (``RunConfig.resolved``)."""
+    if not cfg.is_resolved:
+        raise ValueError("the settings must be resolved first: pass cfg.resolved()")
+
+
+def stopping_observers(cfg: RunConfig, shape: Sequence[int], dtype: torch.dtype
+                       ) -> list[Observer]:  # fmt: skip
     """The observers ``cfg`` asks for, for K runs of images of ``shape`` (K, C, H, W): the output
     moving average (``--ema``) and the stopping rule (``--stop``), or every rule when
     ``--stop_observe`` measures them."""
@@ -153,18 +162,26 @@ def precision(speed: Speed) -> Iterator[None]:
         cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = saved
 
 
-def make_optimizer(model: Model, cfg: RunConfig, speed: Speed = Speed()) -> torch.optim.Optimizer:
-    """Two groups: the prior's trainable tensors with lr, (g, h) with lr_c (after its scaling);
-    a third, the operator's (blind deblurring's kernel generator), with lr_kernel. SGD has no
-    momentum, as in the paper. Each group keeps its ``base_lr`` for ``--lr_milestones``."""
-    groups = [{"params": model.prior.trainable(), "lr": cfg.lr}]
+def steps(model: Model, cfg: RunConfig) -> dict[str, float]:
+    """The step of each optimizer group: the prior's tensors ``lr``; g, h (DOP) ``lr_c`` after
+    its scaling to the observation's entries per run; the operator's (blind deblurring's kernel
+    generator) ``lr_kernel``. The one place lr_c is computed (the report reads it here too)."""
+    out = {"prior": cfg.lr}
     if model.sparse is not None:
-        numel = model.sparse.g[0].numel()
-        groups.append({"params": list(model.sparse.parameters()), "lr": cfg.lr_c_used(numel)})
+        out["sparse"] = cfg.lr_c_used(model.sparse.g[0].numel())
     if hasattr(model.operator, "trainable"):
-        groups.append({"params": model.operator.trainable(), "lr": cfg.lr_kernel})
-    for group in groups:
-        group["base_lr"] = group["lr"]
+        out["operator"] = cfg.lr_kernel
+    return out
+
+
+def make_optimizer(model: Model, cfg: RunConfig, speed: Speed = Speed()) -> torch.optim.Optimizer:
+    """One group per entry of ``steps``. SGD has no momentum, as in the paper. Each group keeps
+    its ``base_lr`` for ``--lr_milestones``."""
+    params = {"prior": model.prior.trainable(),
+              "sparse": list(model.sparse.parameters()) if model.sparse is not None else [],
+              "operator": getattr(model.operator, "trainable", list)()}  # fmt: skip
+    groups = [{"params": params[name], "lr": lr, "base_lr": lr}
+              for name, lr in steps(model, cfg).items()]  # fmt: skip
     optimizers = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
     return optimizers[cfg.alg](groups, lr=cfg.lr, **speed.optimizer_kernels())
 
@@ -243,14 +260,17 @@ def fit_batch(
     """Iterations ``states[k]['iteration']`` (or 0) to ``cfg.num_iter`` of gradient descent for the
     K runs of ``model`` (y, clean: (K, C, H, W); one seed, and one state to resume, per run).
 
+    ``cfg`` must be resolved (``RunConfig.resolved``). The observers are those ``cfg`` asks for
+    (``--ema``, ``--stop``: ``stopping_observers``), then ``observers``, any others.
+
     Logs every run's loss, observers' columns and (with ``clean``) metrics at every multiple of
     ``show_every`` and at the last iteration, for x of that iteration's forward pass (before its
     step), as the public code does; these rows are the loop's only host-device syncs.
     ``checkpoint`` receives the K runs' states (each a single run's; None for a run whose last
     checkpoint must be kept) every ``save_every`` iterations and at the end; passing them back
     continues the runs exactly, batched or one by one. A run whose loss becomes NaN or infinite
-    stops being logged (``diverged_at``); so does a run whose stopping rule (``cfg.stop``, one of
-    ``observers``) is seen fired at a logged row (``stopped_at``: that row is its last, and its
+    stops being logged (``diverged_at``); so does a run whose stopping rule (``cfg.stop``) is seen
+    fired at a logged row (``stopped_at``: that row is its last, and its
     state after that iteration's step its last checkpoint). The loop ends when every run has.
     """
     loop = start_loop(model, y, cfg, seeds, clean, observers, states, speed)
@@ -301,7 +321,8 @@ def start_loop(
     runs, device = model.runs, y.device
     if y.shape[0] != runs or len(seeds) != runs or (clean is not None and clean.shape[0] != runs):
         raise ValueError(f"{runs} runs need y (and clean) with {runs} rows and {runs} seeds")
-    cfg = cfg.with_defaults(type(model.prior))
+    require_resolved(cfg)
+    observers = [*stopping_observers(cfg, y.shape, y.dtype), *observers]
     speed = speed or Speed.of(cfg.fast, device, cfg.low_memory)
     if speed.channels_last:  # the prior's activations; η is drawn in the standard layout
         model.prior.to(memory_format=torch.channels_last)
@@ -361,7 +382,9 @@ def evaluate(loop: Loop, forward: Callable, j: int = 0) -> tuple[Tensor, Tensor]
     with torch.autocast(loop.y.device.type, torch.bfloat16, enabled=loop.speed.bf16):
         x, prediction = forward(loop.eta)
     x = x.to(loop.y.dtype)  # the loss, the metrics and the observers are fp32 under bf16
-    losses = objective(loop.cfg, prediction.to(loop.y.dtype), loop.y, x, j)
+    cfg = loop.cfg
+    losses = objective(prediction.to(loop.y.dtype), loop.y, x, j, loss=cfg.loss, tv=cfg.tv,
+                       loss_switch=cfg.loss_switch)  # fmt: skip
     return x.detach(), losses
 
 

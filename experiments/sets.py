@@ -1,11 +1,12 @@
 """The experiment sets of the paper's figures, as data: which runs each figure needs.
 
-A run is one call of denoising.py: a set of its arguments and a checkpoint name. Each figure is a
-list of cases (image, noise type and level) and the variants run on each (DOP, DIP with the L2
-loss, DIP-L1); the figures share runs (F16 at 50% is in Figures 3, 4 and 5), and a run's name
-depends only on its settings, so a shared run is run once. A profile (full or quick) fixes the crop,
-the width scale, the iteration count and the lr_c scaling rule: the same figure at two profiles
-gives two disjoint sets of runs, kept in two output folders.
+A run is one ``RunConfig``. Each figure is a list of cases (image, noise type and level) and the
+variants run on each (DOP, DIP with the L2 loss, DIP-L1, ...: ``VARIANTS``, RunConfig settings);
+the figures share runs (F16 at 50% is in Figures 3, 4 and 5), and a run's name depends only on
+its settings, so a shared run is run once. A profile (full or quick) fixes the crop, the width
+scale, the iteration count and DOP's lr_c rule (``Profile.config``: the one place a variant
+becomes a run's settings): the same figure at two profiles gives two disjoint sets of runs, kept
+in two output folders.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from engine.config import RunConfig
+from experiments.imp import Search, mask_path
 from models.lip import PRUNE_FRACTION
-from utils import images
-from utils.config import RunConfig
+from utils import InputError, images
 
 FULL_ITERS = 150_000  # the public code's default
 README_ITERS = 200_000  # the public README curve runs to 200k iterations
@@ -71,6 +73,20 @@ class Profile:
     def num_iter(self, paper_iters: int) -> int:
         return max(1, round(paper_iters * self.iter_scale))
 
+    def config(self, variant: str, paper_width: int | None = None, paper_iters: int = FULL_ITERS,
+               **settings) -> RunConfig:  # fmt: skip
+        """A run of ``variant`` at this profile: the variant's settings, the crop, the width and
+        iterations scaled from the paper's (``paper_width`` None: the prior's width), the rows,
+        DOP's lr_c rule; finished runs reused, killed ones resumed (``--reuse``); then
+        ``settings`` (image, noise, seed, name, ...)."""
+        base = VARIANTS[variant]
+        width = paper_width or RunConfig(**base).resolved().width
+        lr_c = {"lr_c": self.lr_c, "lr_c_scaling": self.lr_c_scaling}
+        scaled = {"width": self.width(width), "num_iter": self.num_iter(paper_iters),
+                  "show_every": self.show_every, "save_every": self.save_every,
+                  "crop": self.crop, "quiet": True, "reuse": True}  # fmt: skip
+        return RunConfig(**(base | (lr_c if base["method"] == "dop" else {}) | scaled | settings))
+
 
 PROFILES = {
     "full": Profile("full", None, width_scale=1.0, iter_scale=1.0, show_every=500, save_every=5000),
@@ -109,7 +125,7 @@ class Run:
 
     def paper_width(self) -> int:
         """The width at the paper's scale: the run's, or its prior's (128; 64 for drp)."""
-        return self.width or RunConfig(**VARIANTS[self.variant]).with_defaults().width
+        return self.width or RunConfig(**VARIANTS[self.variant]).resolved().width
 
     def needs_mask(self) -> bool:
         return needs_mask(self.variant)
@@ -126,32 +142,21 @@ class Run:
         """Rows 5x finer for runs whose oracle peak is compared with the rules' detections."""
         return profile.show_every // 5 if self.observe else profile.show_every
 
-    def args(self, profile: Profile, out_dir: Path | None = None) -> list[str]:
-        """The denoising.py arguments of this run (without --out_dir, --data_dir, --gpu); a run
-        of the lottery prior takes the mask that LIP_MASKS finds in ``out_dir`` (absolute)."""
-        if VARIANTS[self.variant]["method"] != "dop":  # no g, h: no step for them
-            lr_c = []
-        elif self.lr_c is None:
-            lr_c = ["--lr_c", f"{profile.lr_c:g}", "--lr_c_scaling", profile.lr_c_scaling]
-        else:  # the sweep: lr_c used on the image, as given
-            lr_c = ["--lr_c", f"{self.lr_c:g}", "--lr_c_scaling", "none"]
-        argv = [
-            "--image", self.image, "--noise", self.noise, "--nlevel", str(self.nlevel),
-            *(arg for key, value in VARIANTS[self.variant].items() for arg in (f"--{key}", value)),
-            "--width", str(profile.width(self.paper_width())),
-            "--num_iter", str(profile.num_iter(self.num_iter)), "--seed", str(self.seed),
-            "--show_every", str(self.show_every(profile)),
-            "--save_every", str(profile.save_every), "--ckpt", self.ckpt(profile), "--quiet", *lr_c,
-        ]  # fmt: skip
+    def config(self, profile: Profile, out_dir: Path, data_dir: Path | None = None) -> RunConfig:
+        """This run's settings at ``profile``, its outputs in ``out_dir``; a run of the lottery
+        prior trains the mask that LIP_MASKS finds in ``out_dir``."""
+        settings = {"image": self.image, "noise": self.noise, "nlevel": self.nlevel,
+                    "seed": self.seed, "show_every": self.show_every(profile),
+                    "ckpt": self.ckpt(profile), "out_dir": str(out_dir.resolve())}  # fmt: skip
+        if data_dir is not None:
+            settings["data_dir"] = str(Path(data_dir).resolve())
+        if self.lr_c is not None:  # the sweep: lr_c used on the image, as given
+            settings |= {"lr_c": self.lr_c, "lr_c_scaling": "none"}
         if self.observe:
-            argv += ["--stop", "wmv", "--stop_observe"]
+            settings |= {"stop": "wmv", "stop_observe": True}
         if self.needs_mask():
-            if out_dir is None:
-                raise ValueError(f"{self.ckpt(profile)}: its mask is in the set's out_dir")
-            argv += ["--mask", str(LIP_MASKS.mask(profile, out_dir.resolve()))]
-        if profile.crop is not None:
-            argv += ["--crop", str(profile.crop)]
-        return argv
+            settings["mask"] = str(LIP_MASKS.mask(profile, out_dir.resolve()))
+        return profile.config(self.variant, self.paper_width(), self.num_iter, **settings)
 
 
 def noise_tag(noise: str, level: float) -> str:
@@ -204,25 +209,24 @@ class MaskSearch:
         return f"{self.case.image}_{tag}_imp_w{self.width(profile)}_s{self.seed}"
 
     def mask(self, profile: Profile, out_dir: Path) -> Path:
-        """The mask the runs train: the last round's (lip.py's OUT_DIR/CKPT_mask_R.pt)."""
-        from lip import mask_path  # lip.py, which imports the whole loop, only when asked
-
+        """The mask the runs train: the last round's (OUT_DIR/CKPT_mask_R.pt)."""
         return mask_path(out_dir, self.ckpt(profile), "mask", profile.imp_rounds)
 
-    def args(self, profile: Profile) -> list[str]:
-        """The lip.py arguments of the search (without --out_dir, --data_dir, --gpu)."""
-        rows = str(min(profile.show_every, profile.imp_iters))  # no checkpoints: lip.py has none
-        argv = ["--image", self.case.image, "--noise", self.case.noise,
-                "--nlevel", str(self.case.nlevel), "--width", str(self.width(profile)),
-                "--rounds", str(profile.imp_rounds), "--num_iter", str(profile.imp_iters),
-                "--show_every", rows, "--save_every", rows, "--seed", str(self.seed),
-                "--ckpt", self.ckpt(profile), "--quiet"]  # fmt: skip
-        return argv + ([] if profile.crop is None else ["--crop", str(profile.crop)])
+    def search(self, profile: Profile, out_dir: Path, data_dir: Path) -> Search:
+        """The IMP search (``experiments.imp``), its outputs in ``out_dir``."""
+        rows = min(profile.show_every, profile.imp_iters)
+        cfg = RunConfig(image=self.case.image, noise=self.case.noise, nlevel=self.case.nlevel,
+                        method=VARIANTS[self.variant]["method"], width=self.width(profile),
+                        num_iter=profile.imp_iters, show_every=rows, save_every=rows,
+                        seed=self.seed, ckpt=self.ckpt(profile), quiet=True, crop=profile.crop,
+                        out_dir=str(out_dir.resolve()),
+                        data_dir=str(Path(data_dir).resolve()))  # fmt: skip
+        return Search(cfg, (self.case.image,), profile.imp_rounds)
 
     def describe(self, profile: Profile) -> str:
         """The mask's provenance, for the tables' text."""
         sparsity = 1 - (1 - PRUNE_FRACTION) ** profile.imp_rounds
-        cfg = RunConfig(**VARIANTS[self.variant]).with_defaults()
+        cfg = RunConfig(**VARIANTS[self.variant]).resolved()
         return (
             f"the lottery image prior (Wu et al., TMLR 2023): {cfg.method.upper()} with "
             f"{cfg.alg.capitalize()} {cfg.lr:g} on the sparse skip net of the mask found by IMP "
@@ -281,11 +285,12 @@ DEFAULT_CASES = {"fig3": FIG3_CASES, "fig4": FIG4_CASES, "compare": COMPARE_CASE
 
 
 def check_names(names: list[str]) -> list[str]:
-    """The figure names, with "all" expanded to the paper's figures; KeyError on an unknown
+    """The figure names, with "all" expanded to the paper's figures; InputError on an unknown
     name."""
     for name in names:
         if name != "all" and name not in FIGURE_NAMES:
-            raise KeyError(f"unknown figure {name!r}; choose from all, {', '.join(FIGURE_NAMES)}")
+            raise InputError(f"unknown figure {name!r}; choose from all, "
+                             f"{', '.join(FIGURE_NAMES)}")  # fmt: skip
     expanded = [n for name in names for n in (PAPER_FIGURES if name == "all" else (name,))]
     return list(dict.fromkeys(expanded))
 

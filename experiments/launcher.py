@@ -1,12 +1,13 @@
-"""Run sets of denoising.py command lines as one Slurm job array, through submitit.
+"""Run sets of runs (``RunConfig``s) as one Slurm job array, through submitit.
 
 reproduce.py hands its missing runs here with ``--launcher slurm``: every array task runs one
-command line (with ``--batch N``, up to N compatible ones in one loop) in its own Python process,
-on the GPUs Slurm gives it. A task that reaches its time limit, or is preempted, is requeued, and
-every start of a task goes on with its runs from their folders: ``--resume`` from the last
-checkpoint (at most ``--save_every`` iterations are lost), ``--overwrite`` over what a run killed
-before its first checkpoint left. Nothing here schedules anything: submitit writes the sbatch
-script, submits the array and requeues; this module only turns command lines into its jobs.
+run (with ``--batch N``, up to N compatible ones in one loop) through the runner
+(``engine.run``) in its own Python process, on the GPUs Slurm gives it. The runs carry
+``--reuse``: a task that reaches its time limit, or is preempted, is requeued, and every start
+of a task goes on with its runs from their folders (from the last checkpoint: at most
+``--save_every`` iterations are lost), waiting a while for the lock of a run its previous
+incarnation still holds. Nothing here schedules anything: submitit writes the sbatch script,
+submits the array and requeues; this module only turns runs into its jobs.
 
 Files, in the executor's folder (reproduce.py: ``OUT_DIR/submitit``): submitit's
 ``JOBID_submission.sh`` (the sbatch script), ``JOBID_TASK_0_log.out`` (each task's output, stdout
@@ -25,14 +26,19 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.config import RunConfig, to_argv
 from utils import InputError
+from utils.io import save_json
+from utils.rundir import RunDir
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent
 RECORD = "jobs.json"  # run name -> the id of its last job, in the executor's folder
 MAX_TIMEOUTS = 10  # requeues after a time-out per job (preemptions are not counted)
+LOCK_WAIT = 120.0  # seconds a requeued task waits for the runs its previous incarnation holds
 # The flags of reproduce.py that set a Slurm parameter, their submitit names and defaults.
 FLAGS = {
     "partition": ("partition", None),  # None: the cluster's default partition
@@ -114,53 +120,35 @@ def slurm_executor(folder: Path, options: dict[str, Any]) -> Any:
     return executor
 
 
-def restart_argv(argv: list[str]) -> list[str]:
-    """``argv`` to go on with its run: ``--resume`` when the run has a checkpoint, else
-    ``--overwrite`` over what a run killed before its first checkpoint left (or nothing)."""
-    from utils.config import parse
-    from utils.rundir import RunDir
-
-    argv = [a for a in argv if a not in ("--resume", "--overwrite")]
-    cfg = parse(argv)
-    rundir = RunDir(Path(cfg.out_dir), cfg.ckpt)
-    if rundir.path("state").is_file():
-        return [*argv, "--resume"]
-    return [*argv, "--overwrite"] if rundir.existing() else argv
-
-
 @dataclasses.dataclass(frozen=True)
 class Runs:
-    """One array task: denoising.py command lines run in this process (``max_batch`` > 1: those
-    that can share a loop, batched, as ``reproduce.py --batch``).
+    """One array task: runs (``RunConfig``s with ``--reuse``) run in this process through the
+    runner, up to ``max_batch`` that can share a loop batched, as ``reproduce.py --batch``.
 
-    Every start of the task goes on with each run from what its folder holds (``restart_argv``),
-    so a task started again in any way (requeued by submitit after its signal, or by Slurm itself
-    after a preemption or a node failure) resumes its runs from their last checkpoints. submitit
-    calls ``checkpoint`` on its signal (a time limit close, or a preemption where the cluster
-    sends it) and requeues what it returns; a callable with a ``checkpoint`` method is what
-    submitit's ``helpers.Checkpointable`` is, not imported here so that the module loads without
-    submitit.
+    Every start of the task goes on with each run from what its folder holds, so a task
+    started again in any way (requeued by submitit after its signal, or by Slurm itself after a
+    preemption or a node failure) resumes its runs from their last checkpoints. submitit calls
+    ``checkpoint`` on its signal (a time limit close, or a preemption where the cluster sends it)
+    and requeues what it returns; a callable with a ``checkpoint`` method is what submitit's
+    ``helpers.Checkpointable`` is, not imported here so that the module loads without submitit.
     """
 
-    argvs: tuple[tuple[str, ...], ...]
+    configs: tuple[RunConfig, ...]
     max_batch: int = 1
 
     @property
     def names(self) -> list[str]:
-        return [argv[argv.index("--ckpt") + 1] for argv in self.argvs]
+        return [cfg.ckpt for cfg in self.configs]
 
     def __call__(self) -> list[int]:
-        """Run the command lines; their exit codes (0 finished, 1 diverged). Raises when a run
-        failed otherwise, so that the task ends FAILED in sacct."""
-        import denoising
+        """Run the runs; their exit codes (0 ended, 1 diverged). Raises when a run failed
+        otherwise, so that the task ends FAILED in Slurm."""
+        from engine import run
 
-        argvs = [restart_argv(list(argv)) for argv in self.argvs]
-        for argv in argvs:
-            print("python denoising.py " + shlex.join(argv), flush=True)
-        if len(argvs) == 1:
-            codes = [denoising.main(argvs[0])]
-        else:
-            codes = denoising.run_batch(argvs, self.max_batch)
+        for cfg in self.configs:
+            print("python denoising.py " + shlex.join(to_argv(cfg)), flush=True)
+        codes = [o.code for o in run(list(self.configs), max_batch=self.max_batch,
+                                     wait=LOCK_WAIT)]  # fmt: skip
         failed = [f"{n} (exit {c})" for n, c in zip(self.names, codes, strict=True) if c > 1]
         if failed:
             raise RuntimeError(f"failed runs: {', '.join(failed)}")
@@ -176,20 +164,17 @@ class Runs:
 
 @dataclasses.dataclass(frozen=True)
 class Script:
-    """One job that runs a script's ``main(argv)``: a set's preliminary stage, such as lip.py's
-    mask search (reproduce.find_masks). The stage has no checkpoint of its own: its command line
-    carries --overwrite, and a requeued job runs it again from the start."""
+    """One job that calls ``stage()``: a set's preliminary stage, such as the lottery prior's
+    mask search (``experiments.imp.Search``). The stage has no checkpoint of its own: a requeued
+    job runs it again from the start."""
 
-    module: str  # "lip": lip.main
-    argv: tuple[str, ...]
+    stage: Callable[[], int]
 
     def __call__(self) -> int:
-        import importlib
-
-        print(f"python {self.module}.py " + shlex.join(self.argv), flush=True)
-        code = importlib.import_module(self.module).main(list(self.argv))
+        print(f"stage {self.stage!r}", flush=True)
+        code = self.stage()
         if code != 0:
-            raise RuntimeError(f"python {self.module}.py exited with {code}")
+            raise RuntimeError(f"the stage exited with {code}")
         return code
 
     def checkpoint(self) -> Any:
@@ -201,8 +186,6 @@ class Script:
 def submit_script(executor: Any, name: str, script: Script, log: Path) -> Any:
     """Submit ``script`` as one job, recorded in ``jobs.json`` as ``name`` (so that ``in_flight``
     and ``job_of`` find it), its log linked as ``log``. Returns the job."""
-    from utils.io import save_json
-
     Path(executor.folder).mkdir(parents=True, exist_ok=True)
     job = executor.submit(script)
     record = read_record(Path(executor.folder))
@@ -225,19 +208,12 @@ def link_log(log: Path, job: Any) -> None:
     log.symlink_to(os.path.relpath(job.paths.stdout, log.parent))
 
 
-def tasks(argvs: list[list[str]], max_batch: int) -> list[Runs]:
-    """The array's tasks: one command line each, or up to ``max_batch`` that differ only in
-    per-run settings (denoising.PER_RUN: image, level, seed, name, ...), so that they can share
-    a loop."""
-    if max_batch == 1:
-        return [Runs((tuple(argv),)) for argv in argvs]
-    from denoising import PER_RUN
-    from utils.config import parse
-
-    groups: dict[tuple, list[tuple[str, ...]]] = {}
-    for argv in argvs:
-        shared = {k: v for k, v in dataclasses.asdict(parse(argv)).items() if k not in PER_RUN}
-        groups.setdefault(tuple(shared.items()), []).append(tuple(argv))
+def tasks(configs: list[RunConfig], max_batch: int) -> list[Runs]:
+    """The array's tasks: one run each, or up to ``max_batch`` that differ only in per-run
+    settings (image, level, seed, name, ...), so that they can share a loop."""
+    groups: dict[tuple, list[RunConfig]] = {}
+    for cfg in configs:
+        groups.setdefault(cfg.shared() if max_batch > 1 else (cfg.ckpt,), []).append(cfg)
     return [Runs(tuple(group[i : i + max_batch]), max_batch)
             for group in groups.values() for i in range(0, len(group), max_batch)]  # fmt: skip
 
@@ -258,27 +234,22 @@ def read_record(folder: Path) -> dict[str, str]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def submit(executor: Any, argvs: dict[str, list[str]], max_batch: int = 1) -> list[Any]:
-    """Submit the command lines (by run name) as one job array of ``tasks``; records each run's
-    job in ``jobs.json`` and links ``OUT_DIR/CKPT.log`` to its job's log. Returns the jobs."""
-    from utils.config import parse
-    from utils.io import save_json
-    from utils.rundir import RunDir
-
-    todo = tasks(list(argvs.values()), max_batch)
+def submit(executor: Any, configs: list[RunConfig], max_batch: int = 1) -> list[Any]:
+    """Submit the runs as one job array of ``tasks``; records each run's job in ``jobs.json``
+    and links ``OUT_DIR/CKPT.log`` to its job's log. Returns the jobs."""
+    todo = tasks(configs, max_batch)
     if not todo:
         return []
     Path(executor.folder).mkdir(parents=True, exist_ok=True)
     jobs = executor.submit_array(todo)
     record = read_record(Path(executor.folder))
     for task, job in zip(todo, jobs, strict=True):
-        for argv in task.argvs:
-            cfg = parse(list(argv))
+        for cfg in task.configs:
             record[cfg.ckpt] = job.job_id
             link_log(RunDir(Path(cfg.out_dir), cfg.ckpt).log, job)
     save_json(Path(executor.folder) / RECORD, record)
     array = jobs[0].job_id.split("_")[0]
-    print(f"submitted {len(argvs)} runs: job {array}, {len(jobs)} task(s); watch: squeue -j "
+    print(f"submitted {len(configs)} runs: job {array}, {len(jobs)} task(s); watch: squeue -j "
           f"{array}; logs: {executor.folder}/, linked as OUT_DIR/CKPT.log", flush=True)  # fmt: skip
     return jobs
 

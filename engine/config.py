@@ -2,8 +2,9 @@
 
 The command line is built from its fields (one flag per field, with the field's name, default and
 help), ``config.json`` stores the fields as they are, the loop reads them, and ``--resume`` compares
-the fields that define a run (``defines_run``). Settings left as None take the prior's defaults
-(``RunConfig.with_defaults``).
+the fields that define a run (``defining``). Settings left as None are filled once, by
+``resolved``: from the task's and the prior's registries (``tasks.TASKS``, ``models.PRIORS``).
+``to_argv`` is the inverse of ``parse``, for the places that start a process.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from models import PRIORS, Prior
+from models import PRIORS
+from tasks import TASKS
 from utils import InputError
 from utils.images import DEFAULT_DATA_DIR
 from utils.losses import LOSS_NAMES
@@ -24,24 +26,19 @@ from utils.stopping import RULES
 REFERENCE_NUMEL = 3 * 512 * 512  # image size at which the public lr_c = 500 was tuned
 LR_C_SCALINGS = ("none", "n", "sqrt")
 METHODS = ("dop", "dip")  # with the sparse term g⊙g − h⊙h, or the prior alone
-TASKS = ("denoise", "inpaint", "sr", "deblur", "blind-deblur")  # the forward operators
-DEBLUR = ("deblur", "blind-deblur")
-# Settings a task fills where the command line leaves them unset (None), before the prior's:
-# blind deblurring is SelfDeblur's (Ren et al., CVPR 2020; REFERENCE.md §7).
-TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "blind-deblur": {"alg": "adam", "lr": 0.01, "reg_noise_std": 0.001,
-                     "lr_milestones": "2000,3000,4000"},
-}  # fmt: skip
-# Settings no prior sets itself (a prior's ``defaults`` may set any of them).
-GENERIC_DEFAULTS = {"method": "dop", "lr_kernel": 1e-4, "lr_milestones": "", "width": 128,
+# Settings neither the prior nor the task fills (either may set any of them).
+GENERIC_DEFAULTS = {"method": "dop", "num_iter": 150_000, "lr_milestones": "", "width": 128,
                     "loss": "l2", "tv": 0.0}  # fmt: skip
+RESOLVED = (*GENERIC_DEFAULTS, "alg", "lr", "reg_noise_std")  # never None once resolved
 
 
 def setting(default: Any, help: str, group: str, *, type: Any = None, choices=None,
-            defines_run: bool = True) -> Any:  # fmt: skip
-    """A field of RunConfig and its flag: ``type`` is needed where the default is None."""
+            defines_run: bool = True, per_run: bool = False) -> Any:  # fmt: skip
+    """A field of RunConfig and its flag: ``type`` is needed where the default is None.
+    ``defines_run``: a resumed run must have the same value; ``per_run``: runs that differ in it
+    may still share one loop (a batch)."""
     meta = {"help": help, "group": group, "type": type, "choices": choices,
-            "defines_run": defines_run}  # fmt: skip
+            "defines_run": defines_run, "per_run": per_run}  # fmt: skip
     return field(default=default, metadata=meta)
 
 
@@ -57,53 +54,52 @@ class RunConfig:
     image: str | None = setting(
         None, "clean image to corrupt: a paper image (F16, Peppers, Baboon, kodim03), a path, "
         "or a scikit-image image (astronaut, camera, coffee, ...). Default: F16, or astronaut "
-        "when F16 cannot be fetched", DATA, type=str)  # fmt: skip
+        "when F16 cannot be fetched", DATA, type=str, per_run=True)  # fmt: skip
     noise: str = setting(
         "salt_pepper", "the synthetic corruption (utils/noise.py): salt_pepper (the paper's), "
         "gaussian, mixture (gaussian plus salt_pepper outliers), shot or speckle", DATA,
-        choices=tuple(NOISES))  # fmt: skip
+        choices=tuple(NOISES), per_run=True)  # fmt: skip
     nlevel: float | None = setting(
         None, "the noise level: salt_pepper and mixture: the fraction of entries (per channel) "
         "set to 0 or 1; gaussian, speckle: the std; shot: photons at full intensity (default: "
-        + ", ".join(f"{name} {kind.default:g}" for name, kind in NOISES.items()) + ")",
-        DATA, type=float)  # fmt: skip
-    mixture_sigma: float = setting(0.05, "the Gaussian std of --noise mixture", DATA)
+        + ", ".join(f"{name} {kind.default:g}" for name, kind in NOISES.items())
+        + "; 0 for every task but denoise)", DATA, type=float, per_run=True)  # fmt: skip
+    mixture_sigma: float = setting(0.05, "the Gaussian std of --noise mixture", DATA,
+                                   per_run=True)  # fmt: skip
     observed: str | None = setting(
         None, "an already corrupted image to recover, used as it is (no synthetic noise; "
-        "excludes --image and --nlevel)", DATA, type=str)  # fmt: skip
+        "excludes --image and --nlevel)", DATA, type=str, per_run=True)  # fmt: skip
     clean: str | None = setting(
         None, "with --observed: the clean reference for PSNR/SSIM (without it only the loss is "
-        "logged)", DATA, type=str)  # fmt: skip
-    crop: int | None = setting(None, "centre N x N crop first, for quick runs", DATA, type=int)
+        "logged)", DATA, type=str, per_run=True)  # fmt: skip
+    crop: int | None = setting(None, "centre N x N crop first, for quick runs", DATA, type=int,
+                               per_run=True)  # fmt: skip
     pad: bool = setting(
-        False,
-        "run the net on a canvas padded to a multiple of 32 and crop its output back, so "
+        False, "run the net on a canvas padded to a multiple of 32 and crop its output back, so "
         "no pixel is lost (default: centre crop to multiples of 32, as the public code)",
-        DATA,
-    )
+        DATA)  # fmt: skip
     seed: int = setting(
-        0,
-        "one seed for everything: the corruption, the weights, the input z, g and h, and the "
-        "input perturbation each draw from their own stream derived from it",
-        DATA,
-    )
+        0, "one seed for everything: the corruption, the weights, the input z, g and h, and the "
+        "input perturbation each draw from their own stream derived from it", DATA,
+        per_run=True)  # fmt: skip
     # --- the task
     task: str = setting(
-        "denoise", "what the observation is (utils/operators.py): denoise (y = x + noise), "
-        "inpaint (a pixel mask), sr (x4 antialiased bicubic downsampling), deblur (a 'valid' "
-        "convolution with --kernel), blind-deblur (the kernel is unknown and generated too, "
-        "SelfDeblur); --nlevel adds the --noise on top (default 0 for every task but denoise)",
-        TASK, choices=TASKS)  # fmt: skip
-    keep: float = setting(0.5, "inpaint: the fraction of pixels kept by a Bernoulli mask", TASK)
+        "denoise", "what the observation is (tasks/): denoise (y = x + noise), inpaint (a pixel "
+        "mask), sr (x4 antialiased bicubic downsampling), deblur (a 'valid' convolution with "
+        "--kernel), blind-deblur (the kernel is unknown and generated too, SelfDeblur); --nlevel "
+        "adds the --noise on top", TASK, choices=tuple(TASKS))  # fmt: skip
+    keep: float = setting(0.5, "inpaint: the fraction of pixels kept by a Bernoulli mask", TASK,
+                          per_run=True)  # fmt: skip
     pixel_mask: str | None = setting(
         None, "inpaint: a mask image instead of --keep (white = observed; gray thresholded at 0.5, "
-        "the channels' mean), the image's size after the crops", TASK, type=str)  # fmt: skip
+        "the channels' mean), the image's size after the crops", TASK, type=str,
+        per_run=True)  # fmt: skip
     factor: int = setting(4, "sr: the downsampling factor s (it must divide the image's sides)",
                           TASK)  # fmt: skip
     kernel: str | None = setting(
         None, "deblur: the blur kernel, a gray image normalised to sum 1; blind-deblur: the true "
         "kernel that makes a synthetic observation (and is compared with the estimate)", TASK,
-        type=str)  # fmt: skip
+        type=str, per_run=True)  # fmt: skip
     kernel_size: int | None = setting(
         None, "blind-deblur: the side N of the estimated N x N kernel (default: the size of "
         "--kernel; larger than the true kernel is allowed)", TASK, type=int)  # fmt: skip
@@ -111,7 +107,8 @@ class RunConfig:
     method: str | None = setting(
         None, "dop: y ~ A(x) + g*g - h*h (the sparse term absorbs outliers); dip: y ~ A(x) "
         "(default: the prior's: dop for skip, the public code's; dip for the others, as their "
-        "papers run them)", MODEL, type=str, choices=METHODS)  # fmt: skip
+        "papers run them; dip for deblurring, SelfDeblur's)", MODEL, type=str,
+        choices=METHODS)  # fmt: skip
     prior: str = setting(
         "skip", "the generator of x (models/): skip (the DIP U-Net, DOP's), lip (a sparse "
         "subnetwork of it, --mask), decoder (the deep decoder), drp (the deep random projector)",
@@ -119,15 +116,16 @@ class RunConfig:
     width: int | None = setting(
         None, "the prior's channels: at every scale of the skip net; the deep decoder's k "
         "(default: the prior's; 128, the random projector 64)", MODEL, type=int)  # fmt: skip
+    # (Not defining by its path: the mask file's sha256 is part of the data's identity.)
     mask: str | None = setting(
         None, "with --prior lip: a mask file written by lip.py (the lottery image prior's sparse "
         "subnetwork and the weights it starts from); the --width it was found with", MODEL,
-        type=str)  # fmt: skip
+        type=str, defines_run=False)  # fmt: skip
     loss: str | None = setting(
         None, "data-fit loss: l2 (mean squared), l1 (mean absolute), rmse (root mean squared) or "
         "l2_then_ssim (l2, then 1 - SSIM after --loss_switch iterations: SelfDeblur's) "
-        "(default: the prior's; l2, the random projector rmse)", MODEL, type=str,
-        choices=LOSS_NAMES)  # fmt: skip
+        "(default: the prior's and the task's; l2, the random projector rmse, deblurring "
+        "l2_then_ssim)", MODEL, type=str, choices=LOSS_NAMES)  # fmt: skip
     tv: float | None = setting(
         None, "weight of the total-variation penalty of x added to the loss (default: the "
         "prior's; 0, the random projector 0.45)", MODEL, type=float)  # fmt: skip
@@ -143,7 +141,9 @@ class RunConfig:
         "none", "scale --lr_c from a 3x512x512 image to this one's n = C*H*W entries: none (the "
         "public code), n (by n / n_512: same step of g per residual) or sqrt (by "
         "sqrt(n / n_512))", OPTIM, choices=LR_C_SCALINGS)  # fmt: skip
-    num_iter: int = setting(150_000, "iterations", OPTIM, defines_run=False)
+    num_iter: int | None = setting(
+        None, "iterations (default: 150000, the public code's; deblurring 5000, SelfDeblur's)",
+        OPTIM, type=int, defines_run=False)  # fmt: skip
     loss_switch: int = setting(1000, "--loss l2_then_ssim: iterations of l2 before 1 - SSIM",
                                OPTIM)  # fmt: skip
     lr_kernel: float | None = setting(
@@ -151,7 +151,7 @@ class RunConfig:
         OPTIM, type=float)  # fmt: skip
     lr_milestones: str | None = setting(
         None, "iterations, comma-separated, at which every step is multiplied by --lr_gamma "
-        "(default: none; blind-deblur 2000,3000,4000, SelfDeblur's)", OPTIM,
+        "(default: none; deblurring 2000,3000,4000, SelfDeblur's)", OPTIM,
         type=str)  # fmt: skip
     lr_gamma: float = setting(0.5, "the factor of --lr_milestones", OPTIM)
     reg_noise_std: float | None = setting(
@@ -175,50 +175,58 @@ class RunConfig:
         "DIP paper's 0.99), logged beside the raw output and saved as CKPT_ema.png", STOP,
         type=float)  # fmt: skip
     # --- running and outputs
-    ckpt: str = setting("test", "run name: outputs are OUT_DIR/CKPT_*", RUN, defines_run=False)
-    out_dir: str = setting("checkpoints", "output folder (created)", RUN, defines_run=False)
+    ckpt: str = setting("test", "run name: outputs are OUT_DIR/CKPT_*", RUN, defines_run=False,
+                        per_run=True)  # fmt: skip
+    out_dir: str = setting("checkpoints", "output folder (created)", RUN, defines_run=False,
+                           per_run=True)  # fmt: skip
     data_dir: str = setting(str(DEFAULT_DATA_DIR), "where paper images are looked for and "
-                            "downloaded to", RUN, defines_run=False)  # fmt: skip
+                            "downloaded to", RUN, defines_run=False, per_run=True)  # fmt: skip
     gpu: str | None = setting(
         None, "CUDA device index, or cpu (default: GPU 0 when there is one, else the CPU)", RUN,
         type=str, defines_run=False)  # fmt: skip
     fast: bool = setting(
-        False,
-        "the fast path: on a GPU TF32, channels-last, bf16 autocast of the net, fused "
+        False, "the fast path: on a GPU TF32, channels-last, bf16 autocast of the net, fused "
         "optimizer, torch.compile; on a CPU bf16 autocast where the CPU has bf16 and foreach "
-        "steps (default: fp32 eager, the public code's recipe)",
-        RUN,
-        defines_run=False,
-    )
+        "steps (default: fp32 eager, the public code's recipe)", RUN,
+        defines_run=False)  # fmt: skip
     low_memory: bool = setting(
-        False,
-        "the low-memory path: recompute the prior's activations in the backward instead of "
-        "keeping them (activation checkpointing; the same result, less memory, more time); "
-        "combines with --fast",
-        RUN,
-        defines_run=False,
-    )
+        False, "the low-memory path: recompute the prior's activations in the backward instead "
+        "of keeping them (activation checkpointing; the same result, less memory, more time); "
+        "combines with --fast", RUN, defines_run=False)  # fmt: skip
     show_every: int = setting(500, "iterations between logged rows (the only host syncs)", RUN)
     save_every: int = setting(
         5000, "iterations between resumable checkpoints (a multiple of --show_every)", RUN,
         defines_run=False)  # fmt: skip
     resume: bool = setting(False, "continue the run CKPT from its last checkpoint", RUN,
-                           defines_run=False)  # fmt: skip
-    overwrite: bool = setting(False, "replace an earlier run CKPT", RUN, defines_run=False)
-    quiet: bool = setting(False, "no progress bar", RUN, defines_run=False)
+                           defines_run=False, per_run=True)  # fmt: skip
+    overwrite: bool = setting(False, "replace an earlier run CKPT", RUN, defines_run=False,
+                              per_run=True)  # fmt: skip
+    reuse: bool = setting(
+        False, "keep the run CKPT if it has ended with these settings, else continue it from its "
+        "checkpoint, or start it (over what a run killed before its first checkpoint left): "
+        "what reproduce.py does with every run", RUN, defines_run=False, per_run=True)  # fmt: skip
+    quiet: bool = setting(False, "no progress bar", RUN, defines_run=False, per_run=True)
 
-    def with_defaults(self, prior: type[Prior] | None = None) -> RunConfig:
-        """The settings with every None replaced by its default: the task's (``TASK_DEFAULTS``),
-        then the prior's for the run's method (``Prior.settings``; the class of ``--prior``, or
-        ``prior``), then the generic ones; the noise type's level for synthetic denoising, 0 for
-        the other tasks. The method itself, when unset, is the prior's."""
-        prior = prior or PRIORS[self.prior]
-        method = self.method or prior.defaults.get("method", GENERIC_DEFAULTS["method"])
-        defaults = GENERIC_DEFAULTS | prior.settings(method) | TASK_DEFAULTS.get(self.task, {})
+    def resolved(self) -> RunConfig:
+        """The settings with every None filled in, once: from the generic defaults, then the
+        prior's (``Prior.defaults``), the task's (``Task.defaults``) and the task's for this
+        prior (``Task.prior_settings``), each overriding the one before; under DOP, a prior
+        whose reference optimizer is Adam runs DOP's plain gradient descent instead
+        (``Prior.dop_defaults``: α = lr_c / lr is a ratio of gradient steps). ``--nlevel``
+        defaults to the noise type's for denoising and 0 for the other tasks."""
+        prior, task = PRIORS[self.prior], TASKS[self.task]
+        defaults = (GENERIC_DEFAULTS | prior.defaults | task.defaults
+                    | task.prior_settings.get(self.prior, {}))  # fmt: skip
+        method = self.method or defaults["method"]
+        defaults |= {"method": method} | (prior.dop_defaults if method == "dop" else {})
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
         if self.observed is None and self.nlevel is None:
-            filled["nlevel"] = NOISES[self.noise].default if self.task == "denoise" else 0.0
+            filled["nlevel"] = NOISES[self.noise].default if task.noisy_by_default else 0.0
         return dataclasses.replace(self, **filled)
+
+    @property
+    def is_resolved(self) -> bool:
+        return all(getattr(self, name) is not None for name in RESOLVED)
 
     def milestones(self) -> list[int]:
         """--lr_milestones as integers (InputError when they are not)."""
@@ -239,25 +247,29 @@ class RunConfig:
 
     def defining(self) -> dict[str, Any]:
         """The settings that define the run (a resumed run must have the same), defaults filled
-        in, less those that play no part in it (g, h's step without g, h)."""
-        cfg = self.with_defaults()
-        unused = {"lr_c", "lr_c_scaling"} if cfg.method != "dop" else set()
+        in, less those that play no part in it (g, h's step without g, h; another task's or
+        prior's own settings)."""
+        cfg = self.resolved()
+        unused = set(foreign_settings(cfg.task, cfg.prior))
+        unused |= {"lr_c", "lr_c_scaling"} if cfg.method != "dop" else set()
         unused |= {"mixture_sigma"} if cfg.noise != "mixture" else set()
         if cfg.stop == "none":
             unused |= {"stop_window", "stop_patience", "stop_decay"}
         unused |= {"task"} if cfg.task == "denoise" else set()  # every run before tasks
-        unused |= {"keep", "pixel_mask"} if cfg.task != "inpaint" else set()
-        unused |= {"factor"} if cfg.task != "sr" else set()
-        unused |= {"kernel"} if cfg.task not in DEBLUR else set()
-        unused |= {"kernel_size", "lr_kernel"} if cfg.task != "blind-deblur" else set()
         unused |= {"loss_switch"} if cfg.loss != "l2_then_ssim" else set()
         unused |= {"lr_milestones", "lr_gamma"} if not cfg.lr_milestones else set()
         unused |= {"tv"} if not cfg.tv else set()  # every run before the TV penalty
         return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
                 if f.metadata["defines_run"] and f.name not in unused}  # fmt: skip
 
+    def shared(self) -> tuple:
+        """The settings that runs sharing one loop must have in common (not ``per_run``)."""
+        return tuple((f.name, getattr(self, f.name)) for f in dataclasses.fields(self)
+                     if not f.metadata["per_run"])  # fmt: skip
+
     def check(self) -> None:
-        """Refuse bad values with a message that names the flag."""
+        """Refuse bad values with a message that names the flag: the generic ones here, a
+        task's and a prior's own in ``Task.check`` and ``Prior.check``."""
         bad = [
             (self.nlevel is not None and not NOISES[self.noise].valid(self.nlevel),
              f"--nlevel of --noise {self.noise} must be {NOISES[self.noise].meaning}"),
@@ -268,32 +280,13 @@ class RunConfig:
              "--clean goes with --observed (a synthetic run has its own clean image)"),
             (self.width is not None and self.width < 1, "--width must be at least 1"),
             (self.tv is not None and not self.tv >= 0, "--tv must be >= 0"),
-            (not 0 < self.keep <= 1, "--keep must be a fraction in (0, 1]"),
-            (self.factor < 1, "--factor must be a positive integer"),
-            (self.pixel_mask is not None and self.task != "inpaint",
-             "--pixel_mask goes with --task inpaint"),
-            (self.observed is not None and self.task == "inpaint" and self.pixel_mask is None,
-             "--task inpaint with --observed needs the --pixel_mask of the observed pixels"),
-            (self.kernel is not None and self.task not in DEBLUR,
-             "--kernel goes with --task deblur or blind-deblur"),
-            (self.task == "deblur" and self.kernel is None, "--task deblur needs --kernel PATH"),
-            (self.task == "blind-deblur" and self.kernel is None
-             and (self.observed is None or self.kernel_size is None),
-             "--task blind-deblur needs --kernel_size N with --observed, and --kernel PATH (the "
-             "true kernel) for a synthetic observation"),
-            (self.kernel_size is not None and self.task != "blind-deblur",
-             "--kernel_size goes with --task blind-deblur (deblur takes the --kernel's size)"),
-            (self.kernel_size is not None and self.kernel_size < 1,
-             "--kernel_size must be positive"),
             (self.lr_kernel is not None and not (self.lr_kernel > 0
                                                  and math.isfinite(self.lr_kernel)),
              "--lr_kernel must be a positive number"),
             (not 0 < self.lr_gamma <= 1, "--lr_gamma must be in (0, 1]"),
             (self.loss_switch < 0, "--loss_switch must be >= 0"),
             (any(m < 1 for m in self.milestones()), "--lr_milestones must be positive"),
-            ((self.prior == "lip") != (self.mask is not None),
-             "--mask PATH and --prior lip go together (lip.py writes mask files)"),
-            (self.num_iter < 1, "--num_iter must be at least 1"),
+            (self.num_iter is not None and self.num_iter < 1, "--num_iter must be at least 1"),
             (self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)),
              "--lr must be a positive number"),
             (not (self.lr_c > 0 and math.isfinite(self.lr_c)), "--lr_c must be a positive number"),
@@ -309,13 +302,38 @@ class RunConfig:
             (self.show_every < 1 or self.save_every < 1 or self.save_every % self.show_every,
              "--save_every must be a positive multiple of --show_every (>= 1)"),
             (self.crop is not None and self.crop < 1, "--crop must be positive"),
-            (self.resume and self.overwrite, "--resume and --overwrite exclude each other"),
+            (self.resume + self.overwrite + self.reuse > 1,
+             "--resume, --overwrite and --reuse exclude each other"),
             (not self.ckpt or "/" in self.ckpt or self.ckpt.startswith("."),
              "--ckpt must be a plain name"),
         ]  # fmt: skip
         for failed, message in bad:
             if failed:
                 raise InputError(message)
+        defaults = RunConfig()
+        for name in foreign_settings(self.task, self.prior):
+            if getattr(self, name) != getattr(defaults, name):
+                raise InputError(f"--{name} goes with {owners(name)}")
+        TASKS[self.task].check(self)
+        PRIORS[self.prior].check(self)
+
+
+def foreign_settings(task: str, prior: str) -> list[str]:
+    """The settings owned by other tasks and priors than these (``own_settings``)."""
+    mine = set(TASKS[task].own_settings) | set(PRIORS[prior].own_settings)
+    return [name for name in _OWNERS if name not in mine]
+
+
+def owners(name: str) -> str:
+    """'--task inpaint', '--task deblur or blind-deblur', '--prior lip': who owns a setting."""
+    return " or ".join(f"--{kind} {' or '.join(names)}" for kind, names in _OWNERS[name].items())
+
+
+_OWNERS: dict[str, dict[str, list[str]]] = {}
+for _kind, _registry in (("task", TASKS), ("prior", PRIORS)):
+    for _name, _part in _registry.items():
+        for _setting in _part.own_settings:
+            _OWNERS.setdefault(_setting, {}).setdefault(_kind, []).append(_name)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -355,3 +373,20 @@ def parser(description: str) -> argparse.ArgumentParser:
 def parse(argv: list[str] | None, description: str = "") -> RunConfig:
     """RunConfig from command-line arguments (InputError on bad ones)."""
     return RunConfig(**vars(parser(description).parse_args(argv)))
+
+
+def to_argv(cfg: RunConfig) -> list[str]:
+    """The command line that ``parse`` turns into ``cfg``: a flag for every setting that differs
+    from its default (for a subprocess, a Slurm job, or a command printed for the user)."""
+    argv: list[str] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if value == f.default:
+            continue
+        argv += [f"--{f.name}"] if value is True else [f"--{f.name}", repr_value(value)]
+    return argv
+
+
+def repr_value(value: Any) -> str:
+    """A value as its flag takes it back: floats by ``repr`` (exact), the rest by ``str``."""
+    return repr(value) if isinstance(value, float) else str(value)

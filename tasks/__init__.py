@@ -1,0 +1,13 @@
+"""Tasks: the forward models of observations (see tasks/task.py for what a task defines)."""
+
+from tasks.blind_deblur import BlindDeblur
+from tasks.deblur import Deblur
+from tasks.denoise import Denoise
+from tasks.inpaint import Inpaint
+from tasks.sr import SuperResolution
+from tasks.task import Observation, Task
+
+TASKS: dict[str, Task] = {task.name: task for task in (Denoise(), Inpaint(), SuperResolution(),
+                                                        Deblur(), BlindDeblur())}  # fmt: skip
+
+__all__ = ["TASKS", "Observation", "Task"]

@@ -1,0 +1,61 @@
+"""Deblurring with a known kernel: y = noise(x ∗ k), 'valid' (SelfDeblur's forward model and
+image generator, Ren, Zhang, Wang, Hu, Zuo, CVPR 2020; REFERENCE.md §7)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import Tensor
+
+from tasks.operators import Blur, Operator
+from tasks.task import Fit, Task, load_kernel, shown
+from utils import InputError
+
+# SelfDeblur (selfdeblur_levin.py): the image generator is the skip net with 8 input and 16 skip
+# channels, trained by Adam, lr 0.01, its input perturbed by η of std 0.001; MSE for 1000
+# iterations, then 1 − SSIM; every step halved at iterations 2000, 3000 and 4000 of 5000.
+# (--loss_switch 1000 and --lr_gamma 0.5 are the flags' own defaults.)
+SELFDEBLUR = {"method": "dip", "num_iter": 5000, "loss": "l2_then_ssim",
+              "lr_milestones": "2000,3000,4000"}  # fmt: skip
+SELFDEBLUR_SKIP = {"alg": "adam", "lr": 0.01, "reg_noise_std": 0.001}
+SELFDEBLUR_NET = {"input_depth": 8, "skip": 16}
+SMALLEST_OBSERVATION = 11  # sides of y: SSIM's window (the l2-then-SSIM loss, the metrics)
+
+
+class Deblur(Task):
+    """``--kernel PATH`` (a gray image, normalised to sum 1); x is larger than y by the kernel's
+    size less one, and the reported image is its centre of y's size, as in SelfDeblur. The
+    defaults are SelfDeblur's, so that non-blind deconvolution differs from it by the known
+    kernel only."""
+
+    name = "deblur"
+    own_settings = ("kernel",)
+    defaults = SELFDEBLUR
+    prior_settings = {"skip": SELFDEBLUR_SKIP}
+    prior_options = {"skip": SELFDEBLUR_NET}
+    crops_to_prior = False  # x is larger than the observation: no crop to the prior's multiple
+    keeps_shape = False
+
+    def check(self, cfg: Any) -> None:
+        if cfg.kernel is None:
+            raise InputError("--task deblur needs --kernel PATH")
+
+    def inputs(self, cfg: Any, shape: Sequence[int], fit: Fit, data_dir: Path
+               ) -> tuple[dict[str, np.ndarray], dict]:  # fmt: skip
+        if cfg.kernel is None:
+            return {}, {}
+        kernel, identity = load_kernel(cfg.kernel, data_dir)
+        if cfg.observed is None and min(shape[1] - kernel.shape[0], shape[2] - kernel.shape[1]
+                                        ) + 1 < SMALLEST_OBSERVATION:  # fmt: skip
+            raise InputError(f"--kernel {cfg.kernel} is {kernel.shape[0]}x{kernel.shape[1]}: too "
+                             f"large for the {shape[1]}x{shape[2]} image")  # fmt: skip
+        return {"kernel": kernel}, identity
+
+    def operator(self, cfg: Any, inputs: dict[str, Tensor], seeds: Sequence[int]) -> Operator:
+        return Blur(inputs["kernel"])
+
+    def saved(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"kernel": shown(inputs["kernel"])} if "kernel" in inputs else {}
