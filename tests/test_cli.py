@@ -1,5 +1,7 @@
-"""The command line end to end: outputs, refusals, resume, real observations, bad input."""
+"""The command line end to end: outputs, refusals, resume, real observations, bad input; the
+Python API beside it."""
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -15,6 +17,8 @@ import denoising
 from engine import run
 from engine.config import RunConfig, parse
 from tests.conftest import IMAGE, ROOT, cli, outputs
+from utils import InputError
+from utils.rundir import RunDir
 
 
 def test_run_writes_every_output(tmp_path: Path) -> None:
@@ -268,3 +272,25 @@ def test_config_json_holds_the_run_it_was_asked_for(tmp_path: Path) -> None:
     assert (stored.lr, stored.seed, stored.alg, stored.nlevel) == (0.3, 4, "sgd", 0.18)
     [again] = run([RunConfig(**{**stored.__dict__, "reuse": True})])
     assert (again.code, again.action) == (0, "reused")
+
+
+def test_python_api_recovers_a_file_and_an_array(tmp_path: Path) -> None:
+    """README's example: a config, recovered from a (bundled) image, then from an array in
+    memory, the first run's noisy observation: the same run (same seed), the same losses; a
+    second call of the same run is refused unless it says --reuse, which returns it read back."""
+    from engine import recover
+
+    cfg = RunConfig(image="astronaut", crop=64, width=4, num_iter=20, show_every=10, gpu="cpu",
+                    out_dir=str(tmp_path), ckpt="api", quiet=True)  # fmt: skip
+    out = recover(cfg)
+    assert out.image.shape == (3, 64, 64) and [r["iteration"] for r in out.history] == [0, 10, 19]
+    assert out.report["final_psnr"] > out.report["noisy_psnr"]
+    noisy = RunDir(tmp_path, "api").image("noisy")  # (H, W, 3) in [0, 1]
+    array = recover(RunConfig(width=4, num_iter=20, show_every=10, gpu="cpu", ckpt="array",
+                              out_dir=str(tmp_path), quiet=True), observed=noisy)  # fmt: skip
+    assert [r["loss"] for r in array.history] == [r["loss"] for r in out.history]
+    assert "final_psnr" not in array.report  # no clean image given
+    with pytest.raises(InputError):
+        recover(cfg)
+    again = recover(dataclasses.replace(cfg, reuse=True))
+    assert again.report == out.report and np.abs(again.image - out.image).max() <= 0.5 / 255
