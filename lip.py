@@ -29,6 +29,7 @@ from engine.runner import ended
 from experiments.imp import TARGETS, Search, mask_path, run_search
 from models.decoder import width_for
 from models.lip import Ticket, load_ticket, trained_count
+from tasks import TASKS
 from utils import InputError, guarded
 from utils.io import atomic_write, save_csv
 from utils.rundir import RunDir
@@ -120,7 +121,7 @@ def evaluate(argv: list[str]) -> int:
     args, rest = eval_parser().parse_known_args(argv)
     images, runs, rounds = args.images.split(","), Path(args.runs), chosen_rounds(args)
     base = dataclasses.replace(parse(rest), out_dir=str(runs), quiet=True, reuse=True)
-    tag = "" if base.task == "denoise" else f"_{base.task}"  # a task's runs apart from denoising's
+    tag = "" if TASKS[base.task].default else f"_{base.task}"  # other tasks' runs apart
     jobs = []  # (row, config)
     lip_of_round = {}
     for n, prefix in enumerate(args.masks.split(",")):

@@ -255,7 +255,7 @@ class RunConfig:
         unused |= {"mixture_sigma"} if cfg.noise != "mixture" else set()
         if cfg.stop == "none":
             unused |= {"stop_window", "stop_patience", "stop_decay"}
-        unused |= {"task"} if cfg.task == "denoise" else set()  # every run before tasks
+        unused |= {"task"} if TASKS[cfg.task].default else set()  # as every run before tasks
         unused |= {"loss_switch"} if cfg.loss != "l2_then_ssim" else set()
         unused |= {"lr_milestones", "lr_gamma"} if not cfg.lr_milestones else set()
         unused |= {"tv"} if not cfg.tv else set()  # every run before the TV penalty

@@ -51,7 +51,7 @@ def describe(cfg: RunConfig, observation: Observation, parameters: int, steps: d
     noise = f"{cfg.noise} {cfg.nlevel:g}" if observation.noise is not None else "observed"
     reference = noisy_psnr(observation)
     return (
-        f"{cfg.ckpt}: {'' if cfg.task == 'denoise' else cfg.task + ', '}"
+        f"{cfg.ckpt}: {'' if TASKS[cfg.task].default else cfg.task + ', '}"
         f"{cfg.method} ({cfg.loss}), {cfg.prior} prior width {cfg.width} "
         f"({parameters / 1e6:.2f}M trained parameters) on {source} {observation.y.shape[1]}x"
         f"{observation.y.shape[2]}, {noise}"

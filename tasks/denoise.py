@@ -10,3 +10,4 @@ class Denoise(Task):
 
     name = "denoise"
     noisy_by_default = True  # --nlevel: the noise type's default (0.5 salt-and-pepper)
+    default = True  # every run before tasks existed was a denoising run

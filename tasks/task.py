@@ -68,6 +68,7 @@ class Task:
     crops_to_prior: ClassVar[bool] = True  # x is the image: cropped to the prior's multiple
     keeps_shape: ClassVar[bool] = True  # A(x) has x's shape (an observed y is the canvas)
     noisy_by_default: ClassVar[bool] = False  # --nlevel default: the noise type's, or 0
+    default: ClassVar[bool] = False  # the default task: unnamed in a run's identity and lines
 
     def check(self, cfg: Any) -> None:
         """Refuse this task's bad settings in one line."""
