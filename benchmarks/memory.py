@@ -13,7 +13,8 @@ on a GPU the peak is ``torch.cuda.max_memory_allocated``. Each worker runs the s
 reports its peak, its wall-clock and CPU seconds per iteration and its losses; the load average
 is printed before and after (wall-clock rates need a quiet machine). The table shows the
 estimate of ``utils.memory`` beside each measurement, and whether the histories are identical to
-the faithful path's (they must be for ``low_memory``: recomputation in fp32 is bit-identical).
+the faithful path's (on the CPU they must be for ``low_memory``: recomputation in fp32 is
+bit-identical; on a GPU the backward's atomic additions already make two faithful runs differ).
 ``--alone`` leaves the faithful path out (a size it cannot run). The last line is
 ``memory <faithful peak / low_memory peak> time <low_memory s/it / faithful s/it> cpu <the same
 ratio of CPU seconds>``.

@@ -18,6 +18,16 @@ two optimizer groups, so DOP's discrepant ratio α = lr_c / lr is one setting. T
 is x alone. The loop advances K independent runs together: the objective is the sum of the K
 losses, so each run's parameters get exactly the gradient of its own loss. How fast it runs
 (``Speed``) is separate from what it computes.
+
+Repeatable bit for bit on the CPU: a seed gives one history, a resumed run ends as the
+uninterrupted one (and detects the same stopping iteration), and ``--low_memory`` gives the
+faithful path's history; K batched runs give K separate runs' histories up to the grouped
+convolutions' rounding. On a GPU the backward of the reflection padding and of the bilinear
+upsampling (and the SR task's antialiased bicubic) add with atomicAdd in no fixed order, with
+or without ``--deterministic`` (``precision``), so none of that holds to the bit: what holds is
+the same result up to that rounding, the same PSNR within a tolerance that
+``benchmarks.gpu_smoke`` measures (docs/RESULTS.md, "GPU checklist"). A checkpoint resumes on
+the device type it was made on (its η stream's generator is that device's).
 """
 
 from __future__ import annotations
@@ -366,7 +376,9 @@ def start_loop(
     if y.shape[0] != runs or len(seeds) != runs or (clean is not None and clean.shape[0] != runs):
         raise ValueError(f"{runs} runs need y (and clean) with {runs} rows and {runs} seeds")
     require_resolved(cfg)
-    observers = [*stopping_observers(cfg, y.shape, y.dtype), *observers]
+    operator = model.operator  # the observers watch x as the operator reports it (not y)
+    x_shape = (runs, *operator.crop_shape(operator.input_shape(y.shape[1:])))
+    observers = [*stopping_observers(cfg, x_shape, y.dtype), *observers]
     speed = speed or Speed.of(cfg.fast, device, cfg.low_memory, deterministic=cfg.deterministic)
     if speed.channels_last:  # the prior's activations; η is drawn in the standard layout
         model.prior.to(memory_format=torch.channels_last)
