@@ -196,7 +196,8 @@ def precision(speed: Speed) -> Iterator[None]:
     still add with atomicAdd in no fixed order, so torch is asked to warn there
     (``warn_only``) rather than raise, and a GPU run of the skip net is still not bit-for-bit
     repeatable; what holds there is the same result up to that rounding (the same PSNR within
-    a tolerance). On the CPU every kernel the loop uses is deterministic anyway."""
+    a tolerance). Torch then also fills every uninitialised tensor it allocates, which costs
+    time. On the CPU every kernel the loop uses is deterministic anyway."""
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     saved = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark, cudnn.deterministic,
              torch.are_deterministic_algorithms_enabled(),
