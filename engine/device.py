@@ -18,7 +18,8 @@ from utils import InputError, memory
 
 def pick_device(gpu: str | None) -> tuple[torch.device, str]:
     """``--gpu``: a CUDA index or ``cpu``; None: GPU 0 when there is one, else the CPU. Returns
-    the device and its description (printed, and recorded with every run)."""
+    the device and its description (printed, and recorded with every run); a GPU becomes the
+    process's current device (``use_device``)."""
     if gpu == "cpu" or (gpu is None and not torch.cuda.is_available()):
         why = " (no CUDA GPU found)" if gpu is None else ""
         return torch.device("cpu"), f"cpu{why}, {torch.get_num_threads()} threads"
@@ -28,13 +29,15 @@ def pick_device(gpu: str | None) -> tuple[torch.device, str]:
     if gpu is not None and not (gpu.isdigit() and int(gpu) < count):
         raise InputError(f"--gpu must be cpu or a GPU index below {count}, got {gpu!r}")
     device = torch.device(f"cuda:{gpu or 0}")
+    use_device(device)
     return device, f"{device} ({torch.cuda.get_device_name(device)})"
 
 
 def use_device(device: torch.device) -> None:
     """Make a CUDA ``device`` this process's current one (``torch.cuda.set_device``), so that
     what names no device (cuDNN's and cuBLAS's handles, torch.compile's kernels, a bare
-    ``"cuda"``) goes there and not to GPU 0; nothing for the CPU."""
+    ``"cuda"``, ``torch.cuda.synchronize()``) goes there and not to GPU 0; nothing for the CPU.
+    A subprocess of ``reproduce.py --jobs N --gpu 0,1`` gets its GPU as ``--gpu``."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
 

@@ -19,7 +19,7 @@ import denoising
 from benchmarks import gpu_smoke
 from engine import loop as engine_loop
 from engine.config import RunConfig
-from engine.device import check_fits, fitting_batch, memory_need, use_device
+from engine.device import check_fits, fitting_batch, memory_need, pick_device, use_device
 from engine.loop import Speed, build_model, fit, precision, start_loop
 from experiments import driver
 from experiments.driver import Setting
@@ -328,11 +328,18 @@ def test_runs_never_stack_on_one_gpu_while_another_idles(monkeypatch, tmp_path, 
 
 
 def test_a_cuda_run_makes_its_gpu_the_current_device(monkeypatch) -> None:
+    """``--gpu 1`` (what a subprocess of reproduce.py --jobs gets from its slot), with two fake
+    GPUs: GPU 1 becomes the current device; the CPU sets nothing."""
     chosen = []
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "Fake GPU")
+    assert pick_device("1") == (torch.device("cuda", 1), "cuda:1 (Fake GPU)")
+    assert pick_device("cpu")[0] == torch.device("cpu")
     use_device(torch.device("cpu"))
-    use_device(torch.device("cuda", 1))
-    assert chosen == [torch.device("cuda", 1)]
+    use_device(torch.device("cuda", 0))
+    assert chosen == [torch.device("cuda", 1), torch.device("cuda", 0)]
 
 
 # --- the smoke script
