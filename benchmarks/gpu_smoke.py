@@ -147,7 +147,8 @@ def refused_elsewhere(smoke: Smoke, name: str) -> Row:
     """A GPU's checkpoint resumed on the CPU: refused in one line (exit 2)."""
     half = smoke.config(name, num_iter=smoke.base.num_iter // 2)
     a = smoke.run([half])[0]
-    b = smoke.run([dataclasses.replace(half, resume=True, gpu="cpu")])[0]
+    b = smoke.run([dataclasses.replace(half, num_iter=smoke.base.num_iter, resume=True,
+                                       gpu="cpu")])[0]  # fmt: skip
     return Row([a.code, b.code], "resumed with --gpu cpu: exit 2 expected", [a, b], [0, 2])
 
 
