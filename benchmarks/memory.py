@@ -4,6 +4,8 @@
     python -m benchmarks.memory --size 1024 --paths faithful low_memory --iters 3
     python -m benchmarks.memory --table       # README's tables of the estimate (no run)
 
+The table's GPU column (80 GB) also respects CUDA's 32-bit index limit (``utils.memory``).
+
 Peak resident memory is a maximum over a process's life (``ru_maxrss``), so each path runs in a
 fresh subprocess of this script (``--worker``), the paths alternating over ``--repeats`` rounds;
 on a GPU the peak is ``torch.cuda.max_memory_allocated``. Each worker runs the same loop
@@ -11,7 +13,8 @@ on a GPU the peak is ``torch.cuda.max_memory_allocated``. Each worker runs the s
 reports its peak, its wall-clock and CPU seconds per iteration and its losses; the load average
 is printed before and after (wall-clock rates need a quiet machine). The table shows the
 estimate of ``utils.memory`` beside each measurement, and whether the histories are identical to
-the faithful path's (they must be for ``low_memory``: recomputation in fp32 is bit-identical).
+the faithful path's (on the CPU they must be for ``low_memory``: recomputation in fp32 is
+bit-identical; on a GPU the backward's atomic additions already make two faithful runs differ).
 ``--alone`` leaves the faithful path out (a size it cannot run). The last line is
 ``memory <faithful peak / low_memory peak> time <low_memory s/it / faithful s/it> cpu <the same
 ratio of CPU seconds>``.
@@ -36,7 +39,7 @@ import torch
 from engine.config import RunConfig
 from engine.device import memory_need, pick_device
 from engine.loop import Speed, build_model, fit_batch
-from models import PRIORS
+from models import PRIORS, SkipPrior
 from utils import memory
 from utils.images import SHARED_IMAGES, centre_crop, resolve_image
 from utils.noise import salt_and_pepper
@@ -125,14 +128,24 @@ def estimated_gb(side: int, width: int, path: str) -> float:
     return memory.estimate(side**2, width, path=path) / memory.GB
 
 
-def largest_side(width: int, path: str, budget: float) -> int:
-    """The largest square side, a multiple of 32, whose estimate fits ``budget`` GB."""
-    return 32 * memory.largest(lambda n: estimated_gb(32 * n, width, path) <= budget, 1, 1000)
+def largest_side(width: int, path: str, budget: float, cuda: bool = False) -> int:
+    """The largest square side, a multiple of 32, whose estimate fits ``budget`` GB and, on a
+    GPU (``cuda``), whose largest padded tensor stays within CUDA's 32-bit index limit."""
+
+    def fits(n: int) -> bool:
+        indexed = SkipPrior.indexed_elements(width, (32 * n, 32 * n), {})
+        indexable = not cuda or memory.within_index_limit(indexed)
+        return estimated_gb(32 * n, width, path) <= budget and indexable
+
+    return 32 * memory.largest(fits, 1, 1000)
 
 
-def tables(sides=(512, 1024, 2048), widths=(32, 64, 128), budgets=(22, 80)) -> None:
+def tables(sides=(512, 1024, 2048), widths=(32, 64, 128), budgets=(22, 80),
+           gpu_budgets=(80,)) -> None:  # fmt: skip
     """The skip net's estimated peak (GB) by image side and width, faithful / low-memory, and
-    the largest square side that fits each budget (GB) on each path."""
+    the largest square side that fits each budget (GB) on each path; a budget of
+    ``gpu_budgets`` is a GPU's, where CUDA's 32-bit index limit caps the side too (one run:
+    (width + 4)·(side + 2)² < 2³¹ − 1)."""
     print("| image | " + " | ".join(f"width {w} faithful / low" for w in widths) + " |")
     print("|---" * (len(widths) + 1) + "|")
     for side in sides:
@@ -140,11 +153,12 @@ def tables(sides=(512, 1024, 2048), widths=(32, 64, 128), budgets=(22, 80)) -> N
                  f"{estimated_gb(side, w, 'low_memory'):.1f}" for w in widths]  # fmt: skip
         print(f"| {side}×{side} | " + " | ".join(cells) + " |")
     paths = " / ".join(p.replace("_memory", "") for p in memory.PATHS)
-    print("\n| width | " + " | ".join(f"{b} GB: {paths}" for b in budgets) + " |")
+    names = [f"{b} GB{' GPU' if b in gpu_budgets else ''}: {paths}" for b in budgets]
+    print("\n| width | " + " | ".join(names) + " |")
     print("|---" * (len(budgets) + 1) + "|")
     for width in widths:
-        cells = [" / ".join(str(largest_side(width, path, budget)) for path in memory.PATHS)
-                 for budget in budgets]  # fmt: skip
+        cells = [" / ".join(str(largest_side(width, path, budget, budget in gpu_budgets))
+                            for path in memory.PATHS) for budget in budgets]  # fmt: skip
         print(f"| {width} | " + " | ".join(cells) + " |")
 
 

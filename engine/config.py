@@ -185,14 +185,20 @@ class RunConfig:
         None, "CUDA device index, or cpu (default: GPU 0 when there is one, else the CPU)", RUN,
         type=str, defines_run=False)  # fmt: skip
     fast: bool = setting(
-        False, "the fast path: on a GPU TF32, channels-last, bf16 autocast of the net, fused "
-        "optimizer, torch.compile; on a CPU bf16 autocast where the CPU has bf16 and foreach "
-        "steps (default: fp32 eager, the public code's recipe)", RUN,
+        False, "the fast path: on a GPU a fused optimizer, cuDNN's autotuner, torch.compile "
+        "(compute capability 7.0 and up), TF32, channels-last and bf16 autocast of the net (8.0 "
+        "and up: Ampere's tensor cores); on a CPU bf16 autocast where the CPU has bf16 and "
+        "foreach steps (default: fp32 eager, the public code's recipe)", RUN,
         defines_run=False)  # fmt: skip
     low_memory: bool = setting(
         False, "the low-memory path: recompute the prior's activations in the backward instead "
-        "of keeping them (activation checkpointing; the same result, less memory, more time); "
-        "combines with --fast", RUN, defines_run=False)  # fmt: skip
+        "of keeping them (activation checkpointing; the same result on the CPU, less memory, "
+        "more time); combines with --fast", RUN, defines_run=False)  # fmt: skip
+    deterministic: bool = setting(
+        False, "on a GPU, torch's deterministic algorithms (warn where it has none: the backward "
+        "of reflection padding and bilinear upsampling, which still add with atomics), "
+        "deterministic cuDNN convolutions, no cuDNN autotuner, no torch.compile, a fixed cuBLAS "
+        "workspace; a CPU run is deterministic without it", RUN, defines_run=False)  # fmt: skip
     show_every: int = setting(500, "iterations between logged rows (the only host syncs)", RUN)
     save_every: int = setting(
         5000, "iterations between resumable checkpoints (a multiple of --show_every)", RUN,

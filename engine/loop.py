@@ -18,12 +18,24 @@ two optimizer groups, so DOP's discrepant ratio α = lr_c / lr is one setting. T
 is x alone. The loop advances K independent runs together: the objective is the sum of the K
 losses, so each run's parameters get exactly the gradient of its own loss. How fast it runs
 (``Speed``) is separate from what it computes.
+
+Repeatable bit for bit on the CPU: a seed gives one history, a resumed run ends as the
+uninterrupted one (and detects the same stopping iteration), and ``--low_memory`` gives the
+faithful path's history; K batched runs give K separate runs' histories up to the grouped
+convolutions' rounding. On a GPU the backward of the reflection padding and of the bilinear
+upsampling (and the SR task's antialiased bicubic) add with atomicAdd in no fixed order, with
+or without ``--deterministic`` (``precision``), so none of that holds to the bit: what holds is
+the same result up to that rounding, the same PSNR within a tolerance that
+``benchmarks.gpu_smoke`` measures (docs/RESULTS.md, "GPU checklist"). A checkpoint resumes on
+the device type it was made on (its η stream's generator is that device's).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +54,7 @@ from utils.losses import objective
 from utils.metrics import METRICS
 from utils.observers import MovingAverage, Observer
 from utils.seeding import derive_seed
-from utils.state import is_finite, stack_states, unstack_state
+from utils.state import generator_device, is_finite, stack_states, unstack_state
 from utils.stopping import RULES, StoppingRule, stopping_rules
 
 
@@ -111,7 +123,10 @@ def stopping_observers(cfg: RunConfig, shape: Sequence[int], dtype: torch.dtype
 @dataclass(frozen=True)
 class Speed:
     """How the loop runs; none of it changes the algorithm. The default is the public code's
-    recipe: fp32 (no TF32 on a GPU), eager, contiguous tensors, torch's default optimizer."""
+    recipe: fp32 (no TF32 on a GPU), eager, contiguous tensors, torch's default optimizer, and
+    cuDNN's heuristic choice of convolution algorithms. (The public code turns cuDNN's autotuner
+    on; the faithful path leaves it off: it changes only which kernel runs, so only the rounding,
+    but that by timings, from run to run. The fast path turns it on.)"""
 
     channels_last: bool = False  # NHWC activations for the prior (tensor cores want them)
     bf16: bool = False  # autocast the forward (and so the backward) to bfloat16
@@ -120,18 +135,33 @@ class Speed:
     fused: bool | None = None  # one fused kernel per optimizer step
     tf32: bool = False  # let cuDNN and cuBLAS use TF32 for fp32 convolutions and matmuls
     checkpoint: bool = False  # recompute the prior's activations in the backward (--low_memory)
+    benchmark: bool = False  # cuDNN's autotuner: time the convolution algorithms, keep the best
+    deterministic: bool = False  # torch's deterministic algorithms (--deterministic)
 
     @classmethod
-    def of(cls, fast: bool, device: torch.device | str, low_memory: bool = False) -> Speed:
+    def of(cls, fast: bool, device: torch.device | str, low_memory: bool = False, *,
+           deterministic: bool = False, capability: tuple[int, int] | None = None
+           ) -> Speed:  # fmt: skip
         """What ``--fast`` turns on for a device (docs/RESULTS.md, "Speed"); off: faithful.
         g, h, the loss, the metrics and the optimizer stay fp32 either way. ``--low_memory``
-        adds activation checkpointing (without torch.compile, which is not measured with it)."""
+        adds activation checkpointing (without torch.compile, which is not measured with it).
+
+        On a GPU by its compute ``capability`` (default: the device's): bf16 autocast, with the
+        channels-last layout tensor cores want, and TF32 from 8.0 (Ampere; older GPUs have
+        neither bf16 tensor cores nor TF32, and emulate bf16 slowly); torch.compile from 7.0
+        (its Triton kernels' minimum). ``deterministic`` (--deterministic) leaves out cuDNN's
+        autotuner and torch.compile (its generated kernels are not covered)."""
+        base = cls(checkpoint=low_memory, deterministic=deterministic)
         if not fast:
-            return cls(checkpoint=low_memory)
+            return base
         if torch.device(device).type == "cuda":
-            return cls(channels_last=True, bf16=True, compile=not low_memory, fused=True,
-                       tf32=True, checkpoint=low_memory)  # fmt: skip
-        return cls(bf16=cpu_has_bf16(), foreach=True, checkpoint=low_memory)
+            capability = capability or torch.cuda.get_device_capability(device)
+            ampere = tuple(capability) >= (8, 0)
+            compiles = tuple(capability) >= (7, 0) and not low_memory and not deterministic
+            return dataclasses.replace(base, channels_last=ampere, bf16=ampere, compile=compiles,
+                                       fused=True, tf32=ampere,
+                                       benchmark=not deterministic)  # fmt: skip
+        return dataclasses.replace(base, bf16=cpu_has_bf16(), foreach=True)
 
     def optimizer_kernels(self) -> dict[str, bool]:
         chosen = {"foreach": self.foreach, "fused": self.fused}
@@ -148,18 +178,41 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+CUBLAS_WORKSPACE = ":4096:8"  # what cuBLAS needs to be deterministic (CUDA >= 10.2)
+
+
 @contextlib.contextmanager
 def precision(speed: Speed) -> Iterator[None]:
-    """TF32 on or off for the loop (PyTorch lets cuDNN use TF32 for fp32 convolutions by
-    default; the faithful path turns it off), with cuDNN's autotuner; restored afterwards."""
+    """The loop's numerics, restored afterwards: TF32 on or off (PyTorch lets cuDNN use TF32
+    for fp32 convolutions by default; the faithful path turns it off), cuDNN's autotuner
+    (``speed.benchmark``), and with ``speed.deterministic`` torch's deterministic algorithms.
+
+    Deterministic (docs/RESULTS.md, "GPU checklist"): cuDNN picks deterministic convolution
+    algorithms, cuBLAS gets a fixed workspace (CUBLAS_WORKSPACE_CONFIG, read when cuBLAS first
+    runs in the process, so set here, before the loop's first step, unless already set), and
+    every op torch has a deterministic version of uses it. Torch has none for the backward of
+    CUDA's reflection padding (``reflection_pad2d_backward_cuda``), bilinear upsampling
+    (``upsample_bilinear2d_backward_out_cuda``) and antialiased bicubic downsampling: those
+    still add with atomicAdd in no fixed order, so torch is asked to warn there
+    (``warn_only``) rather than raise, and a GPU run of the skip net is still not bit-for-bit
+    repeatable; what holds there is the same result up to that rounding (the same PSNR within
+    a tolerance). Torch then also fills every uninitialised tensor it allocates, which costs
+    time. On the CPU every kernel the loop uses is deterministic anyway."""
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark
+    saved = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark, cudnn.deterministic,
+             torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())  # fmt: skip
     cudnn.allow_tf32 = matmul.allow_tf32 = speed.tf32
-    cudnn.benchmark = True
+    cudnn.benchmark = speed.benchmark
+    if speed.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+        cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
-        cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark = saved
+        cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark, cudnn.deterministic = saved[:4]
+        torch.use_deterministic_algorithms(saved[4], warn_only=saved[5])
 
 
 def steps(model: Model, cfg: RunConfig) -> dict[str, float]:
@@ -266,9 +319,11 @@ def fit_batch(
     Logs every run's loss, observers' columns and (with ``clean``) metrics at every multiple of
     ``show_every`` and at the last iteration, for x of that iteration's forward pass (before its
     step), as the public code does; these rows are the loop's only host-device syncs.
-    ``checkpoint`` receives the K runs' states (each a single run's; None for a run whose last
-    checkpoint must be kept) every ``save_every`` iterations and at the end; passing them back
-    continues the runs exactly, batched or one by one. A run whose loss becomes NaN or infinite
+    ``checkpoint`` receives the K runs' states (each a single run's, in host memory; None for a
+    run whose last checkpoint must be kept) every ``save_every`` iterations and at the end;
+    passing them back continues the runs, batched or one by one, on the same device type: on
+    the CPU exactly (bit for bit), on a GPU up to the rounding of its nondeterministic backward
+    kernels (``precision``). A run whose loss becomes NaN or infinite
     stops being logged (``diverged_at``); so does a run whose stopping rule (``cfg.stop``) is seen
     fired at a logged row (``stopped_at``: that row is its last, and its
     state after that iteration's step its last checkpoint). The loop ends when every run has.
@@ -322,8 +377,10 @@ def start_loop(
     if y.shape[0] != runs or len(seeds) != runs or (clean is not None and clean.shape[0] != runs):
         raise ValueError(f"{runs} runs need y (and clean) with {runs} rows and {runs} seeds")
     require_resolved(cfg)
-    observers = [*stopping_observers(cfg, y.shape, y.dtype), *observers]
-    speed = speed or Speed.of(cfg.fast, device, cfg.low_memory)
+    operator = model.operator  # the observers watch x as the operator reports it (not y)
+    x_shape = (runs, *operator.crop_shape(operator.input_shape(y.shape[1:])))
+    observers = [*stopping_observers(cfg, x_shape, y.dtype), *observers]
+    speed = speed or Speed.of(cfg.fast, device, cfg.low_memory, deterministic=cfg.deterministic)
     if speed.channels_last:  # the prior's activations; η is drawn in the standard layout
         model.prior.to(memory_format=torch.channels_last)
     model.prior.checkpoint_activations(speed.checkpoint)
@@ -347,9 +404,14 @@ def start_loop(
 
 
 def restore(loop: Loop, states: Sequence[dict]) -> None:
-    """Load K single-run states into the batch (same iteration for all)."""
+    """Load K single-run states into the batch (same iteration for all), their η streams drawn
+    on this device type (``utils.state.generator_device``)."""
     if len({s["iteration"] for s in states}) != 1:
         raise ValueError("runs resumed in one batch must be at the same iteration")
+    here = loop.generators[0].device.type
+    for drawn in {generator_device(s) for s in states} - {here}:
+        raise ValueError(f"a checkpoint whose η was drawn on {drawn} cannot go on on {here}: "
+                         "a generator's state restores only on its own device type")  # fmt: skip
     loop.model.load_state_dict(stack_states([s["model"] for s in states]))
     loop.observers.load_state_dict(stack_states([s["observers"] for s in states]))
     optimizer_state = stack_states([s["optimizer"] for s in states])
@@ -358,10 +420,25 @@ def restore(loop: Loop, states: Sequence[dict]) -> None:
     kernels = {"foreach": None, "fused": None} | loop.speed.optimizer_kernels()
     optimizer_state["param_groups"] = [g | kernels for g in optimizer_state["param_groups"]]
     loop.optimizer.load_state_dict(optimizer_state)
+    lay_out_like_parameters(loop.optimizer)
     for generator, state in zip(loop.generators, states, strict=True):
         generator.set_state(state["generator"])
     loop.histories = [[dict(row) for row in s["history"]] for s in states]
     loop.start = states[0]["iteration"]
+
+
+def lay_out_like_parameters(optimizer: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor (Adam's moments) its parameter's memory layout:
+    loading keeps the checkpoint's strides, so a run saved without --fast and resumed with it
+    would pair channels-last weights with contiguous moments, which fused Adam refuses
+    ("must have same dtype, device, and layout") and the other kernels run slower."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if (isinstance(value, Tensor) and value.shape == param.shape
+                        and value.stride() != param.stride()):  # fmt: skip
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def set_learning_rates(optimizer: torch.optim.Optimizer, cfg: RunConfig, j: int) -> None:
@@ -450,6 +527,7 @@ def snapshot(loop: Loop, iteration: int) -> list[dict | None]:
             "iteration": iteration, "stopped_at": stopped, "model": models[k],
             "optimizer": optimizers[k], "observers": observers[k],
             "generator": loop.generators[k].get_state(),
+            "eta_device": loop.generators[k].device.type,
             # Rows on the show_every grid only: a final off-grid row is redone if it goes on.
             "history": [r for r in loop.histories[k] if r["iteration"] % loop.cfg.show_every == 0],
         })  # fmt: skip

@@ -62,6 +62,7 @@ def describe(cfg: RunConfig, observation: Observation, parameters: int, steps: d
         + (" (observed only)" if cfg.stop_observe else "")
         + (", --fast" if cfg.fast else "")
         + (", --low_memory" if cfg.low_memory else "")
+        + (", --deterministic" if cfg.deterministic else "")
     )
 
 

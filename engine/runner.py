@@ -30,7 +30,7 @@ import torch
 
 from engine.config import RunConfig
 from engine.data import observe
-from engine.device import check_fits, fitting_batch, pick_device
+from engine.device import check_fits, fitting_batch, pick_device, use_device
 from engine.loop import build_model, fit_batch, steps
 from engine.outputs import DivergedError, Written, describe, finish, save_inputs
 from tasks import TASKS, Observation
@@ -190,12 +190,12 @@ def prepare(cfg: RunConfig, wait: float, array: np.ndarray | None) -> Job | Outc
     check_fits(cfg, observation.x_shape, device, device_name)
     rundir = RunDir(Path(cfg.out_dir), cfg.ckpt)
     if policy_of(cfg) == "resume" and not Path(cfg.out_dir).is_dir():  # refused: no checkpoint
-        rundir.resumable(cfg.defining(), observation.identity, cfg.num_iter)
+        rundir.resumable(cfg.defining(), observation.identity, cfg.num_iter, device.type)
     Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
     lock = rundir.lock(wait)
     try:
         action, state = rundir.claim(cfg.defining(), observation.identity, cfg.num_iter,
-                                     policy_of(cfg))  # fmt: skip
+                                     policy_of(cfg), device.type)  # fmt: skip
         ended = ended_message(cfg, rundir, action, state)
         if ended is not None:
             print(ended, flush=True)
@@ -252,12 +252,17 @@ def fit_jobs(jobs: list[Job], progress: bool) -> list[tuple[int, Written | None]
     """Run jobs that share a batch key in one loop; write each run's outputs. Each run's exit
     code and what it wrote."""
     first, cfg = jobs[0], jobs[0].cfg
+    use_device(first.device)
     task, seeds = TASKS[cfg.task], [j.cfg.seed for j in jobs]
     operator = task.operator(cfg, stack([j.observation.inputs for j in jobs]), seeds)
     model = build_model(cfg, first.observation.x_shape, seeds, operator)
     in_operator = sum(p.numel() for p in getattr(model.operator, "trainable", list)())
     parameters = model.prior.count_trained() + in_operator // len(jobs)
     step = steps(model, cfg)
+    if cfg.deterministic and first.device.type == "cuda":
+        print("--deterministic: torch has no deterministic CUDA backward for reflection padding "
+              "or bilinear upsampling, so runs may still differ in the last bits (and so in "
+              "PSNR, slightly)", flush=True)  # fmt: skip
     for job in jobs:
         print(describe(job.cfg, job.observation, parameters, step), flush=True)
         job.started = time.time()  # a run's wall time is its batch's, not the batches' before
@@ -301,7 +306,8 @@ def out_of_memory(job: Job, failure: str) -> int:
     has a checkpoint keeps it, to be resumed with settings that fit; a run that has none has
     nothing to resume, and the inputs it wrote are removed."""
     cfg, rundir = job.cfg, job.rundir
-    options = "--low_memory" if not cfg.low_memory else "another device"
+    elsewhere = "a GPU with more free memory" if job.device.type == "cuda" else "more free memory"
+    options = "--low_memory" if not cfg.low_memory else elsewhere
     if rundir.path("state").exists():
         iteration = rundir.state()["iteration"]
         kept = (f"its last checkpoint (iteration {iteration}) is kept: continue it with "

@@ -19,7 +19,9 @@ independent decoders as the skip net does (grouped convolutions, K times the Bat
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -93,6 +95,14 @@ class DecoderPrior(Prior):
         z = self.input if eta is None else self.input + eta
         out = self.net(z.reshape(1, -1, *z.shape[-2:]))  # the K runs' inputs as channel groups
         return centre_crop(out.reshape(self.runs, -1, *out.shape[-2:]), *self.image_size)
+
+    @classmethod
+    def indexed_elements(cls, width: int, canvas: Sequence[int], options: dict[str, Any]
+                         ) -> int:  # fmt: skip
+        """No padding (1x1 convolutions); the last upsampling's output, k channels on the canvas
+        (sides rounded up to multiples of 32), is what CUDA's channels-last bilinear
+        upsampling (--fast) indexes with 32 bits."""
+        return width * math.prod(-(-side // cls.multiple) * cls.multiple for side in canvas)
 
     @classmethod
     def smallest_side(cls, pad: bool) -> int:

@@ -28,7 +28,10 @@ A prior is an ``nn.Module`` that defines
   ``checkpoint_activations`` sets it on all of them, and ``checkpointing`` is True. A prior
   without such modules keeps every activation (it has few);
 * ``memory_scale``: its activation memory per canvas pixel relative to the skip net's at the
-  same width, for the estimate before a run (``utils.memory``; measured, docs/RESULTS.md).
+  same width, for the estimate before a run (``utils.memory``; measured, docs/RESULTS.md);
+* ``indexed_elements``: per run, the elements of its largest tensor that a CUDA kernel indexes
+  with 32-bit integers (reflection padding; channels-last bilinear upsampling), for the limit on
+  a GPU (``utils.memory.within_index_limit``).
 
 A new prior is a new file in models/ with such a class and an entry in ``models.PRIORS``.
 """
@@ -89,6 +92,15 @@ class Prior(nn.Module):
     def smallest_side(cls, pad: bool) -> int:
         """The smallest image side this prior can produce (after the crop, or with --pad)."""
         return 1
+
+    @classmethod
+    def indexed_elements(cls, width: int, canvas: Sequence[int], options: dict[str, Any]
+                         ) -> int:  # fmt: skip
+        """Per run, the elements of the largest tensor the prior hands a CUDA kernel with 32-bit
+        index math, on a canvas of sides ``canvas`` with constructor ``options``; K batched runs
+        put K times as many in one tensor, which must stay below ``utils.memory.INDEX_LIMIT``.
+        0: no such kernel."""
+        return 0
 
 
 def per_run_net(build: Callable[[int], nn.Module], seeds: Sequence[int]) -> nn.Module:

@@ -15,8 +15,9 @@ BatchNorm is used in training mode throughout (the statistics of the one image a
 ``groups`` = K stacks K independent nets into one: every conv is grouped (K groups), every
 BatchNorm has K times the channels, and channel k·C..(k+1)·C-1 of every layer belongs to net k.
 BatchNorm statistics are per channel, so each net still normalises by the statistics of its own
-image, and a K-group net computes exactly what K separate nets compute (tested); its parameters
-are the K nets' parameters concatenated along dimension 0 (``utils.state.stack_states``).
+image, and a K-group net computes what K separate nets compute (tested: equal up to rounding,
+since grouped and plain convolutions may sum in other orders); its parameters are the K nets'
+parameters concatenated along dimension 0 (``utils.state.stack_states``).
 
 The network maps an H x W input to an H x W output for any H, W >= ``min_input_size(scales)``:
 where a downsampled size is odd, the upsampled branch is one pixel larger than the skip branch
@@ -26,8 +27,10 @@ and is centre-cropped to it before the concat, as in the original code.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -165,13 +168,14 @@ def _segment(
 ) -> Tensor:
     """``conv(function(*inputs))`` (either may be None), its activations recomputed in the
     backward. The recomputation runs the same kernels on the same inputs, so it is
-    bit-identical; it stops before ``conv``, whose backward needs its input only (torch's
-    checkpoint stops at the last saved tensor, but a custom Function saves after computing).
-    BatchNorm (always in training mode: it normalises by the batch's statistics) would update
-    its running statistics a second time, which the loop never reads but checkpoints store, so
-    the recomputation leaves them as they are. The net draws no random numbers: no RNG state is
-    stashed. ``owner``: the module whose layers ``function`` runs (``function`` itself when it
-    is a module). A Sequential ``function`` runs through ``_layers``."""
+    bit-identical (tested on the CPU); it stops before ``conv``, whose backward needs its input
+    only (torch's checkpoint stops at the last saved tensor, but a custom Function saves after
+    computing). BatchNorm (always in training mode: it normalises by the batch's statistics)
+    would update its running statistics a second time, which the loop never reads but
+    checkpoints store, so the recomputation leaves them as they are. The net draws no random
+    numbers: no RNG state is stashed. ``owner``: the module whose layers ``function`` runs
+    (``function`` itself when it is a module). A Sequential ``function`` runs through
+    ``_layers``."""
     owner = owner if owner is not None else function
     norms = [m for o in (owner, conv) if isinstance(o, nn.Module) for m in o.modules()
              if isinstance(m, nn.BatchNorm2d)]  # fmt: skip
@@ -229,8 +233,10 @@ def _convolve(conv: nn.Conv2d, h: Tensor, skip: bool = False) -> Tensor:
 
 class _SplitConv(torch.autograd.Function):
     """``conv2d(pad(h), weight, bias)``, reflection padding by ``padding`` (or none), with the
-    kernels autograd runs for the module, so the same bits (tested), in an order that keeps
-    fewer full-size tensors alive in the backward (docs/RESULTS.md, "Memory"):
+    kernels autograd runs for the module, so the same bits (tested on the CPU; on a GPU the
+    padding's backward adds with atomics in no fixed order, so two runs of either path may
+    differ in the last bits), in an order that keeps fewer full-size tensors alive in the
+    backward (docs/RESULTS.md, "Memory"):
 
     * the padding's backward needs only h's shape, but autograd's keeps h itself: here only
       the padded input is kept (1 full-size tensor less while the convolution's backward runs);
@@ -239,8 +245,8 @@ class _SplitConv(torch.autograd.Function):
       of the output's gradient (oneDNN, on the CPU) are freed before the input's gradient is
       allocated (1 full-size tensor less at the peak).
 
-    An input larger than ``ONEDNN_INPUT_LIMIT`` has its weight gradient summed over bands of
-    rows (``_weight_gradient``): equal up to rounding, not bit-identical.
+    On the CPU an input larger than ``ONEDNN_INPUT_LIMIT`` has its weight gradient summed over
+    bands of rows (``_weight_gradient``): equal up to rounding, not bit-identical.
 
     Under autocast the convolution runs in the autocast dtype and the gradients return in the
     dtypes of h and the parameters, as autocast's casts would return them."""
@@ -277,15 +283,24 @@ class _SplitConv(torch.autograd.Function):
         return grad_h, grad_weight, grad_bias, None, None, None, None, None
 
 
+def _bands(x: Tensor) -> int:
+    """Into how many bands of rows a convolution's weight gradient over input x is split: 1 up
+    to ``ONEDNN_INPUT_LIMIT`` bytes and off the CPU (the limit is oneDNN's), else bands of
+    about ``WEIGHT_GRADIENT_BAND`` bytes."""
+    size = x.numel() * x.element_size()
+    if size <= ONEDNN_INPUT_LIMIT or x.device.type != "cpu":
+        return 1
+    return -(-size // WEIGHT_GRADIENT_BAND)
+
+
 def _weight_gradient(grad: Tensor, x: Tensor, weight: Tensor, arguments: tuple,
                      mask: list[bool]) -> tuple[Tensor | None, Tensor | None]:  # fmt: skip
     """The gradients of a convolution's weight and bias (``mask``), as one call of its backward
-    when x is at most ``ONEDNN_INPUT_LIMIT`` bytes, else summed over bands of output rows of
-    about ``WEIGHT_GRADIENT_BAND`` bytes of input, each with the input rows it reads (the same
-    sum in another order: equal up to rounding)."""
+    when x is at most ``ONEDNN_INPUT_LIMIT`` bytes or not on the CPU (the limit is oneDNN's),
+    else summed over bands of output rows of about ``WEIGHT_GRADIENT_BAND`` bytes of input,
+    each with the input rows it reads (the same sum in another order: equal up to rounding)."""
     backward = torch.ops.aten.convolution_backward
-    size = x.numel() * x.element_size()
-    bands = 1 if size <= ONEDNN_INPUT_LIMIT else -(-size // WEIGHT_GRADIENT_BAND)
+    bands = _bands(x)
     if bands == 1:
         return tuple(backward(grad, x, weight, *arguments, mask)[1:])
     stride, dilation = arguments[1][0], arguments[3][0]
@@ -405,6 +420,15 @@ class SkipPrior(Prior):
         out = self.net(z.reshape(1, -1, *z.shape[-2:]))
         x = out.reshape(self.runs, -1, *out.shape[-2:])
         return centre_crop(x, *self.image_size)
+
+    @classmethod
+    def indexed_elements(cls, width: int, canvas: Sequence[int], options: dict[str, Any]
+                         ) -> int:  # fmt: skip
+        """The largest tensor CUDA's reflection padding gets: the outermost merge convolution's
+        padded input, the skip and deeper branches concatenated (width + skip channels) and one
+        pixel added on every side (or, narrower nets, the input's padded copy)."""
+        channels = max(width + options.get("skip", 4), options.get("input_depth", INPUT_DEPTH))
+        return channels * math.prod(side + 2 for side in canvas)
 
     @classmethod
     def smallest_side(cls, pad: bool) -> int:

@@ -131,15 +131,18 @@ def test_divergence_stops_and_keeps_the_last_finite_output() -> None:
 
 
 def test_faithful_path_turns_tf32_off_and_fast_gpu_path_on() -> None:
-    """PyTorch lets cuDNN use TF32 for fp32 convolutions by default; the loop sets it per path
-    and restores it (the flags can be set without a GPU)."""
+    """PyTorch lets cuDNN use TF32 for fp32 convolutions by default; the loop sets it per path,
+    with cuDNN's autotuner on the fast path only, and restores both (the flags can be set
+    without a GPU; the fast path's of an Ampere GPU)."""
     cudnn = torch.backends.cudnn
-    before = cudnn.allow_tf32
-    for speed, expected in ((Speed.of(False, "cuda"), False), (Speed.of(True, "cuda"), True)):
+    before = cudnn.allow_tf32, cudnn.benchmark
+    fast = Speed.of(True, "cuda", capability=(8, 0))
+    for speed, expected in ((Speed.of(False, "cuda"), False), (fast, True)):
         with precision(speed):
             assert cudnn.allow_tf32 is expected
             assert torch.backends.cuda.matmul.allow_tf32 is expected
-        assert cudnn.allow_tf32 is before
+            assert cudnn.benchmark is expected
+        assert (cudnn.allow_tf32, cudnn.benchmark) == before
     assert not Speed.of(True, "cpu").tf32
 
 

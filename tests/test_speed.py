@@ -183,10 +183,14 @@ def test_fast_batched_loop_does_not_synchronise(runs: int) -> None:
 @pytest.mark.gpu
 def test_adam_resumes_across_optimizer_kernels() -> None:
     """A checkpoint of the default kernels resumed with fused ones and back, on a GPU, where fused
-    Adam wants its step counters on the device and the other kernels want them on the host."""
+    Adam wants its step counters on the device and the other kernels want them on the host;
+    and with --fast added or dropped (channels-last weights: the moments follow their layout,
+    which fused Adam requires)."""
     y, clean = (t.cuda() for t in problems(1))
     cfg = config(alg="adam", lr=0.01, num_iter=10, save_every=10)
-    for first, second in ((Speed(), Speed(fused=True)), (Speed(fused=True), Speed())):
+    fast = dataclasses.replace(Speed.of(True, "cuda"), compile=False)
+    for first, second in ((Speed(), Speed(fused=True)), (Speed(fused=True), Speed()),
+                          (Speed(), fast), (fast, Speed())):  # fmt: skip
         saved = []
         fit(model(cfg, [0], "cuda"), y, cfg, clean=clean, speed=first, progress=False,
             checkpoint=lambda state, saved=saved: saved.append(roundtrip(state)))  # fmt: skip

@@ -110,6 +110,18 @@ def test_tasks_write_their_outputs(tmp_path: Path, task: str) -> None:
         assert settings["lr_milestones"] == "2000,3000,4000"
 
 
+@pytest.mark.parametrize("task", ["sr", "deblur"])
+def test_observers_watch_x_of_every_task(tmp_path: Path, task: str) -> None:
+    """The stopping rules and the moving average keep images of x as the task reports it (for
+    sr the high-resolution image, larger than y): their images have the last iterate's size."""
+    extra = ["--kernel", kernel_png(tmp_path)] if task == "deblur" else []
+    argv = cli(tmp_path, "--task", task, "--image", IMAGE, "--num_iter", "8", "--stop", "wmv",
+               "--stop_window", "3", "--stop_patience", "2", "--ema", "0.9", *extra)  # fmt: skip
+    assert denoising.main(argv) == 0
+    run = outputs(tmp_path)
+    assert run.image("stopped").shape == run.image("ema").shape == run.image("last").shape
+
+
 def test_batched_inpainting_runs_have_their_own_masks(tmp_path: Path) -> None:
     def argv(out: str, seed: str) -> list[str]:
         return cli(tmp_path / out, "--task", "inpaint", "--image", "astronaut", "--num_iter",

@@ -13,16 +13,33 @@ decoder, whose layers are 1×1 convolutions). The same numbers are used for a GP
 the activations are the same tensors; they are marked as estimated there until a GPU run
 measures them (the CUDA caching allocator and cuDNN's workspaces differ from the CPU's).
 
+Beside the net, the loop keeps what its observers hold (``kept``: ES-WMV's ring of W outputs,
+≈ 315 MB per run at 3×512×512 and W = 100; ES-EMV's average and detected image; the moving
+average), counted per run. A checkpoint is copied to host memory (``utils.state.unstack_state``),
+between iterations: on a GPU it takes nothing on the device; on the CPU it is made while the
+activations of the last iteration are freed, so it raises the peak only when the state is larger
+than those (it never is for the skip net).
+
+On a GPU one more limit holds whatever the memory: CUDA's reflection padding (forward and
+backward) and channels-last bilinear upsampling index with 32-bit integers and take tensors of
+fewer than ``INDEX_LIMIT`` = 2³¹ − 1 elements (torch's ``canUse32BitIndexMath``). The batched net
+puts the K runs into one tensor, so K times a run's largest such tensor (``Prior.indexed_elements``:
+(width + skip)·(H + 2)·(W + 2) for the skip net) must stay below it (``within_index_limit``):
+one run of 4000×4000 at width 128 fits, 4032×4032 does not; 15 runs of 1024×1024 at width 128 fit
+in one batch, 16 do not.
+
 ``available`` is the device's free memory: on the CPU the kernel's MemAvailable (and a cgroup's
-limit, when one is lower), on a GPU the free memory CUDA reports. The environment variable
-``DOP_MEMORY_AVAILABLE`` (bytes, or with a K/M/G suffix) replaces it: to keep a margin for other
-jobs on a shared machine, and in the tests.
+limit, when one is lower), on a GPU the free memory CUDA reports plus what PyTorch's caching
+allocator holds reserved but unused in this process (free for this process's next tensors). The
+environment variable ``DOP_MEMORY_AVAILABLE`` (bytes, or with a K/M/G suffix) replaces it: to
+keep a margin for other jobs on a shared machine, and in the tests.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +61,21 @@ BASE = {"faithful": 400 * MB, "fast": 400 * MB, "low_memory": 460 * MB,
 A = {"faithful": 80.0, "fast": 68.0, "low_memory": 19.0, "fast+low_memory": 16.0}
 B = {"faithful": 350.0, "fast": 350.0, "low_memory": 970.0, "fast+low_memory": 875.0}
 PATHS = tuple(A)
+INDEX_LIMIT = 2**31 - 1  # CUDA kernels with 32-bit index math take fewer elements than this
+
+
+def within_index_limit(elements: int) -> bool:
+    """Whether a tensor of ``elements`` elements can go to a CUDA kernel that indexes with 32-bit
+    integers: torch's ``canUse32BitIndexMath`` (aten/src/ATen/cuda/detail/IndexUtils.cu) wants
+    fewer than 2³¹ − 1, and CUDA's ``reflection_pad2d`` checks it for its input, its backward for
+    the padded gradient (aten/src/ATen/native/cuda/ReflectionPad.cu)."""
+    return elements < INDEX_LIMIT
+
+
+def most_indexable_runs(per_run: int) -> int:
+    """The most runs K whose batched tensor of K·``per_run`` elements is within the limit (0:
+    not even one run; ``per_run`` 0: any number, returned as INDEX_LIMIT)."""
+    return INDEX_LIMIT if per_run <= 0 else (INDEX_LIMIT - 1) // per_run
 
 
 def path_name(fast: bool, low_memory: bool, bf16: bool) -> str:
@@ -66,6 +98,18 @@ class Need:
     optimizer_states: int = 0
     scale: float = 1.0  # the prior's memory_scale
     checkpointing: bool = True  # whether --low_memory changes anything for the prior
+    kept: int = 0  # bytes per run the observers keep beside the net
+    indexed: int = 0  # elements per run of the largest tensor CUDA indexes with 32 bits
+    cuda: bool = False  # on a GPU, where that limit holds
+
+    @property
+    def indexable(self) -> bool:
+        """Whether the batch is within CUDA's 32-bit index limit (always, off a GPU)."""
+        return not self.cuda or within_index_limit(self.runs * self.indexed)
+
+    def fits(self, have: int) -> bool:
+        """Whether it fits ``have`` bytes, and (on a GPU) the 32-bit index limit."""
+        return self.bytes <= have and self.indexable
 
     def __str__(self) -> str:
         return f"{gigabytes(self.bytes)} ({self.path.replace('_', '-')} path)"
@@ -73,15 +117,16 @@ class Need:
 
 def estimate(pixels: int, width: int, *, runs: int = 1, path: str = "faithful",
              parameters: int | None = None, optimizer_states: int = 0,
-             scale: float = 1.0) -> int:  # fmt: skip
+             scale: float = 1.0, kept: int = 0) -> int:  # fmt: skip
     """The estimated peak memory of a run, in bytes (see the module's docstring).
     ``parameters``: the trained parameters of one run (default: the skip net's at ``width``);
     ``optimizer_states``: tensors the optimizer keeps per parameter (SGD 0, Adam 2);
-    ``scale``: the prior's ``memory_scale``."""
+    ``scale``: the prior's ``memory_scale``; ``kept``: bytes per run its observers keep."""
     if parameters is None:
         parameters = skip_parameters(width)
     weights = 4 * parameters * runs * (2 + optimizer_states)  # the weights, their gradients
-    return int(BASE[path] + weights + pixels * runs * scale * (A[path] * width + B[path]))
+    activations = pixels * runs * scale * (A[path] * width + B[path])
+    return int(BASE[path] + weights + kept * runs + activations)
 
 
 def skip_parameters(width: int, channels: int = 3, scales: int = 5, skip: int = 4) -> int:
@@ -102,12 +147,15 @@ def gigabytes(n: float) -> str:
 
 
 def available(device: torch.device) -> int:
-    """Free memory of ``device`` in bytes (``DOP_MEMORY_AVAILABLE`` replaces it)."""
+    """Free memory of ``device`` in bytes (``DOP_MEMORY_AVAILABLE`` replaces it). On a GPU: what
+    CUDA reports free, plus what PyTorch's caching allocator has reserved in this process and
+    not allocated (an earlier batch's, which the next one reuses; CUDA counts it as used)."""
     override = os.environ.get(ENVIRONMENT)
     if override:
         return parse_size(override)
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
     return cpu_available()
 
 
@@ -146,34 +194,51 @@ def largest(fits, low: int, high: int) -> int | None:
     return low
 
 
-def advice(need: Need, have: int, side: int, multiple: int) -> str:
-    """What would fit in ``have`` bytes: --low_memory, a smaller --crop, a smaller --width."""
+def advice(need: Need, have: int, side: int, multiple: int,
+           indexed: Callable[[int, int], int] | None = None) -> str:  # fmt: skip
+    """What would fit in ``have`` bytes: --low_memory, a smaller --crop, a smaller --width. On a
+    GPU (``need.cuda``) also within the 32-bit index limit, ``indexed(side, width)`` being a
+    run's largest indexed tensor on a square canvas of that side (``Prior.indexed_elements``)."""
     options = []
-    more = {"runs": need.runs, "optimizer_states": need.optimizer_states, "scale": need.scale}
-    if "low_memory" not in need.path and need.checkpointing:
+    more = {"runs": need.runs, "optimizer_states": need.optimizer_states, "scale": need.scale,
+            "kept": need.kept}  # fmt: skip
+    if "low_memory" not in need.path and need.checkpointing and need.indexable:
         low = "fast+low_memory" if need.path == "fast" else "low_memory"
         low_need = estimate(need.pixels, need.width, path=low, **more)
         if low_need <= have:
             options.append(f"--low_memory (about {gigabytes(low_need)})")
     more["path"] = need.path
-    crop = largest(lambda n: estimate((n * multiple) ** 2, need.width, **more) <= have,
-                   1, side // multiple)  # fmt: skip
+
+    def indexable(crop: int, width: int) -> bool:
+        if not need.cuda or indexed is None:
+            return True
+        return within_index_limit(need.runs * indexed(crop, width))
+
+    crop = largest(lambda n: estimate((n * multiple) ** 2, need.width, **more) <= have
+                   and indexable(n * multiple, need.width), 1, side // multiple)  # fmt: skip
     if crop is not None:
         options.append(f"--crop {crop * multiple}")
-    width = largest(lambda w: estimate(need.pixels, w, **more) <= have, 1, need.width)
+    width = largest(lambda w: estimate(need.pixels, w, **more) <= have
+                    and indexable(side, w), 1, need.width)  # fmt: skip
     if width is not None:
         options.append(f"--width {width}")
     return ", ".join(options) if options else "nothing at this size: use a device with more memory"
 
 
+# How a failed allocation reads where it is not a torch.OutOfMemoryError: the CPU allocator's,
+# cuDNN's and cuBLAS's (their workspaces and handles are allocated outside the caching
+# allocator), and a CUDA call's ("CUDA error: out of memory").
+OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "cudnn_status_alloc_failed",
+                 "cublas_status_alloc_failed")  # fmt: skip
+
+
 def is_out_of_memory(err: BaseException) -> bool:
-    """A failed allocation: CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    """A failed allocation: CUDA's OutOfMemoryError, or a RuntimeError that says so (the CPU
+    allocator's, cuDNN's or cuBLAS's allocation failures, a CUDA call out of memory)."""
     if isinstance(err, torch.OutOfMemoryError):
         return True
-    text = str(err)
-    return isinstance(err, RuntimeError) and (
-        "can't allocate memory" in text or "out of memory" in text.lower()
-    )
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(words in text for words in OUT_OF_MEMORY)
 
 
 def describe_failure(err: BaseException) -> str:

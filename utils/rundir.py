@@ -28,6 +28,7 @@ from PIL import Image
 
 from utils import InputError
 from utils.io import save_csv, save_json, save_npz, save_png, save_torch
+from utils.state import generator_device
 
 FORMAT = 3  # of config.json and state.pt; 2: one RunConfig, derived seed streams; 3: noise types,
 # stopping rules (2026-11-25)
@@ -129,12 +130,13 @@ class RunDir:
         return state
 
     # --- starting
-    def claim(self, settings: dict, data: dict, num_iter: int, policy: str
-              ) -> tuple[str, dict | None]:  # fmt: skip
+    def claim(self, settings: dict, data: dict, num_iter: int, policy: str,
+              device_type: str | None = None) -> tuple[str, dict | None]:  # fmt: skip
         """What to do with this run, by ``policy`` (``POLICIES``), given its defining settings
         and data: ("start", None) with the folder cleared of an earlier run's files where the
         policy allows it, ("resume", state), or ("reuse", None) for an ended run (auto only).
-        InputError when the policy refuses, or the folder holds this name with other settings.
+        InputError when the policy refuses, or the folder holds this name with other settings,
+        or a checkpoint whose random stream cannot continue on ``device_type`` (``resumable``).
         Call it holding the run's lock."""
         existing = self.existing()
         if policy == "new" and existing:
@@ -143,7 +145,7 @@ class RunDir:
         if policy == "auto" and self.ended(settings, data, num_iter):
             return "reuse", None
         if policy == "resume" or (policy == "auto" and self.path("state").is_file()):
-            return "resume", self.resumable(settings, data, num_iter)
+            return "resume", self.resumable(settings, data, num_iter, device_type)
         for path in existing:  # "overwrite", or "auto" over a run killed before its checkpoint
             path.unlink()
         return "start", None
@@ -161,9 +163,13 @@ class RunDir:
         report = record["report"]
         return report["status"] in ("diverged", "stopped") or report["iterations_done"] == num_iter
 
-    def resumable(self, settings: dict, data: dict, num_iter: int) -> dict:
-        """The checkpoint, checked to be of the same run (settings and data) and not past
-        ``num_iter``."""
+    def resumable(self, settings: dict, data: dict, num_iter: int,
+                  device_type: str | None = None) -> dict:  # fmt: skip
+        """The checkpoint, checked to be of the same run (settings and data), not past
+        ``num_iter``, and (given ``device_type``, "cpu" or "cuda") with an η stream that can go
+        on there: a generator's state restores only on its own device type, so a run goes on
+        where its stream was drawn (any GPU for a GPU's run; a GPU of another model draws other
+        numbers from the same state, which changes no statistic but the exact history)."""
         if not self.path("state").exists():
             raise InputError(f"--resume: no checkpoint {self.path('state')}; start the run "
                              "without --resume")  # fmt: skip
@@ -173,6 +179,14 @@ class RunDir:
         check_same(self.path("state"), comparable(state["data"]), comparable(data), advice)
         if state["iteration"] > num_iter:
             raise InputError(f"--resume: the run is already at iteration {state['iteration']}")
+        drawn = generator_device(state)
+        if device_type is not None and drawn != device_type:
+            where = "on a GPU (--gpu N)" if drawn == "cuda" else "with --gpu cpu"
+            raise InputError(
+                f"--resume: {self.path('state')} drew its input perturbation on a {drawn} "
+                f"device, whose random stream cannot go on on {device_type}; resume it {where}, "
+                "or start it again with --overwrite"
+            )  # fmt: skip
         return state
 
     def lock(self, wait: float = 0.0) -> RunLock:

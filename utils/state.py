@@ -29,18 +29,30 @@ def stack_states(states: Sequence[Any]) -> Any:
 
 
 def unstack_state(state: Any, runs: int) -> list[Any]:
-    """The K single-run states of a batch's state, as copies (saving one run's state must not
-    write the storage of the whole batch)."""
+    """The K single-run states of a batch's state, as copies in host memory, each tensor in the
+    layout of its source (saving one run's state must not write the storage of the whole batch;
+    a checkpoint of a GPU's runs takes no device memory, so it cannot run out of it)."""
 
     def part(k: int):
         def take(leaf: Any) -> Any:
             if not isinstance(leaf, Tensor):
                 return leaf
-            return (leaf.chunk(runs)[k] if leaf.dim() else leaf).clone()
+            return (leaf.chunk(runs)[k] if leaf.dim() else leaf).to("cpu", copy=True)
 
         return take
 
     return [optree.tree_map(part(k), state) for k in range(runs)]
+
+
+def generator_device(state: dict) -> str:
+    """The device type ("cpu", "cuda") whose generator drew a checkpoint's input perturbation η:
+    recorded as ``eta_device``, or (checkpoints before it was recorded) told by the size of the
+    generator's state, 5056 bytes for the CPU's Mersenne twister and 16 for CUDA's Philox (seed
+    and offset). A state restores only into a generator of its own device type."""
+    if "eta_device" in state:
+        return state["eta_device"]
+    cpu_size = torch.Generator().get_state().numel()
+    return "cpu" if state["generator"].numel() == cpu_size else "cuda"
 
 
 def is_finite(state: Any) -> bool:
