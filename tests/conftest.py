@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 from torch import Tensor
 
 from engine.config import RunConfig
@@ -22,10 +23,19 @@ from utils.rundir import RunDir
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Property tests (hypothesis): CI draws a fixed set of examples (the same every run, within about
+# half a minute); --runslow or HYPOTHESIS_PROFILE=slow draws many more, at random.
+settings.register_profile("ci", max_examples=30, deadline=None, derandomize=True, database=None)
+settings.register_profile("slow", max_examples=1000, deadline=None)
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (pyproject's ``-n auto``: one worker per core) each worker computes on
+    """Hypothesis's profile ("ci" unless --runslow or HYPOTHESIS_PROFILE says otherwise). Under
+    pytest-xdist (pyproject's ``-n auto``: one worker per core) each worker computes on
     one thread, and so do the processes its tests start: OpenMP threads of several workers on
     the same cores would contend (small nets ran several times slower)."""
+    slow = "slow" if config.getoption("--runslow") else "ci"
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", slow))
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
         os.environ["OMP_NUM_THREADS"] = "1"
@@ -123,3 +133,4 @@ def one_thread(monkeypatch) -> None:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+settings.register_profile("explore", max_examples=400, deadline=None)
