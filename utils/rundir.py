@@ -122,8 +122,11 @@ class RunDir:
         path = self.path("state")
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # noqa: BLE001  (a corrupt or foreign file)
-            raise InputError(f"--resume: cannot read {path} ({err})") from None
+        except Exception as err:  # noqa: BLE001  (a damaged or foreign file: its reader's
+            # message, hundreds of characters of zip or pickle internals, is left out)
+            raise InputError(f"the checkpoint {path} cannot be read ({type(err).__name__}: "
+                             "damaged, or not a checkpoint); start the run again with "
+                             "--overwrite") from None  # fmt: skip
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise InputError(f"--resume: {path} was written by an earlier version of this code; "
                              "start the run again with --overwrite")  # fmt: skip
