@@ -133,4 +133,3 @@ def one_thread(monkeypatch) -> None:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-settings.register_profile("explore", max_examples=400, deadline=None)
