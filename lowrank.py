@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from utils import ArgumentParser, InputError, guarded
+from utils import ArgumentParser, InputError, guarded, memory
 from utils.io import check_writable
 
 
@@ -607,6 +607,12 @@ def sweep(args: argparse.Namespace) -> int:
     try:  # restore the thread count: tests call main() inside a longer-lived process
         results = run_sweep(args, device, dtype)
         phase = run_phase_map(args, device, dtype) if args.phase_map else None
+    except RuntimeError as err:  # a --n too large for the memory: one line, as the runner's
+        if not memory.is_out_of_memory(err):
+            raise
+        print(f"error: out of memory ({memory.describe_failure(err)}); use a smaller --n, fewer "
+              "--alphas, or --dtype float32", file=sys.stderr)  # fmt: skip
+        return 3
     finally:
         torch.set_num_threads(previous_threads)
     if phase is not None:

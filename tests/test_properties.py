@@ -58,6 +58,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Files:
         made[f"gray{side}"] = png(f"gray{side}.png", rng.integers(0, 256, (side, side)))
     (root / "garbage.png").write_bytes(b"GIF89a this is no image")
     made["garbage"] = str(root / "garbage.png")
+    made["garbage/sub"] = str(root / "garbage.png" / "sub")
     return Files(made)
 
 
@@ -122,6 +123,10 @@ VALUES: dict[str, tuple[list, list]] = {
     "kernel_size": ([1, 3, 9, 15], [0, -1, 60, 1000]),
     "lr_kernel": ([1e-4, 0.01], [*NEGATIVE, 0.0]),
     "mask": ([], ["missing", "garbage", "kernel3"]),  # no mask of lip.py: --prior lip refused
+    # where and how (the test's own values, --ckpt run --out_dir OUT --gpu cpu, but these)
+    "ckpt": ([], ["", ".hidden", "a/b", "x" * 300]),
+    "out_dir": ([], ["garbage", "garbage/sub"]),  # a file, or a folder below a file
+    "gpu": ([], ["7", "cuda", "-1"]),
 }
 # The task, the prior and the noise type: always chosen (a task's own settings and an
 # observation's follow), now and then one that does not exist (or the lottery prior, which no
@@ -160,8 +165,8 @@ def command_lines(draw: st.DrawFn, files: dict[str, str]) -> list[str]:
             flags[name] = draw(st.sampled_from(bad))
         elif name == "save_every":  # a multiple of --show_every
             flags[name] = flags["show_every"] * draw(st.sampled_from(good))
-        elif good and name in mine or name in (*ALWAYS, source) or (
-                name not in OWNED and draw(st.integers(0, 2)) == 0):  # fmt: skip
+        elif good and (name in mine or name in (*ALWAYS, source) or (
+                name not in OWNED and draw(st.integers(0, 2)) == 0)):  # fmt: skip
             flags[name] = draw(st.sampled_from(good))
     if "kernel" in mine and "kernel" not in flags:
         flags["kernel"] = "kernel3"
@@ -188,6 +193,13 @@ def run_command(argv: list[str]) -> tuple[int, str]:
     return code, err.getvalue()
 
 
+# A second command on the folder of a run that ended: the same, or continued, reused, replaced,
+# or continued with other settings (refused: the run's files stay as they are).
+AGAIN = ([], ["--resume"], ["--reuse"], ["--overwrite"], ["--resume", "--num_iter=5"],
+         ["--resume", "--seed=9"], ["--reuse", "--seed=9"],
+         ["--overwrite", "--crop=80"])  # fmt: skip
+
+
 @settings(
     suppress_health_check=[
         HealthCheck.too_slow,
@@ -199,23 +211,38 @@ def run_command(argv: list[str]) -> tuple[int, str]:
 def test_any_command_line_ends_with_its_outputs_or_is_refused_in_one_line(
     files: dict[str, str], data: st.DataObject, one_thread
 ) -> None:
+    """Any command line, then now and then a second one on the run it made."""
     argv = data.draw(command_lines(files), label="argv")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
-        code, err = run_command([*argv, "--out_dir", str(out), "--data_dir", files["data"],
-                                 "--gpu", "cpu", "--quiet", "--ckpt", "run"])  # fmt: skip
-        event(f"exit {code}" + (f": {err[7:70]}" if code == 2 else ""))
-        if code == 2:
-            assert err.startswith("error: ") and err.count("\n") == 1, err
-            assert not out.exists() or not any(out.iterdir()), sorted(out.iterdir())
+        base = ["--out_dir", str(out), "--data_dir", files["data"], "--gpu", "cpu", "--quiet",
+                "--ckpt", "run"]  # fmt: skip
+        code = ended_or_refused([*base, *argv], out, {})
+        if code == 2 or not data.draw(st.booleans(), label="again"):
             return
-        assert code in (0, 1), (code, err)  # 1: diverged, its outputs written as for 0
-        assert "Traceback" not in err, err
-        run = RunDir(out, "run")
-        report = run.config()["report"]
-        assert (report["status"] == "diverged") == (code == 1), report
-        assert run.path("last").is_file() and run.path("history").is_file()
-        assert not list(out.glob(".*.tmp")) and not list(out.glob("*.lock"))
+        again = data.draw(st.sampled_from(AGAIN), label="second command's extra flags")
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        ended_or_refused([*base, *argv, *again], out, before)
+
+
+def ended_or_refused(argv: list[str], out: Path, before: dict[str, bytes]) -> int:
+    """Run ``argv``: refused in one line, leaving the folder as it was (``before``: its files),
+    or ended with its outputs (exit 0, or 1: diverged). Its exit code."""
+    code, err = run_command(argv)
+    event(f"{'again: ' if before else ''}exit {code}" + (f": {err[7:60]}" if code == 2 else ""))
+    now = {p.name: p.read_bytes() for p in out.iterdir()} if out.is_dir() else {}
+    if code == 2:
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        assert now == before, sorted(set(now) ^ set(before))
+        return code
+    assert code in (0, 1), (code, err)  # 1: diverged, its outputs written as for 0
+    assert "Traceback" not in err, err
+    run = RunDir(out, "run")
+    report = run.config()["report"]
+    assert (report["status"] == "diverged") == (code == 1), report
+    assert run.path("last").is_file() and run.path("history").is_file()
+    assert not [name for name in now if name.endswith((".tmp", ".lock"))], sorted(now)
+    return code
 
 
 def field_values(f: dataclasses.Field) -> st.SearchStrategy:

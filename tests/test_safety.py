@@ -307,3 +307,28 @@ def test_every_entry_point_refuses_bad_input_in_one_line_before_writing(
     assert entry(name)(argv(tmp_path)) == 2
     assert message in one_line_error(capsys)
     assert files_under(tmp_path) == before
+
+
+def test_a_matrix_too_large_for_the_memory_is_one_line(tmp_path: Path, capsys) -> None:
+    """lowrank.py --n 2000000: 32 TB a matrix, refused by the allocator at once; exit 3 (out of
+    memory, as the runner's), one line, nothing written."""
+    args = ["--n", "2000000", "--steps", "2", "--l1_steps", "2", "--out_dir", str(tmp_path),
+            "--results", str(tmp_path / "r.json")]  # fmt: skip
+    assert entry("lowrank")(args) == 3
+    assert "out of memory" in one_line_error(capsys)
+    assert not any(tmp_path.iterdir())
+
+
+def test_resume_of_an_ended_run_without_checkpoint(tmp_path: Path, capsys) -> None:
+    """A run that ended with no checkpoint (its last state was not finite, or it diverged before
+    its first): --resume keeps its outputs; asked for more iterations, one line: --overwrite."""
+    argv = lambda n, *more: cli(tmp_path, "--image", "astronaut", "--num_iter", n,  # noqa: E731
+                                "--save_every", "2", "--show_every", "2", *more)  # fmt: skip
+    assert denoising.main(argv("4")) == 0
+    outputs(tmp_path).path("state").unlink()
+    before = files_under(tmp_path)
+    assert denoising.main(argv("4", "--resume")) == 0
+    assert "reused" in capsys.readouterr().out
+    assert denoising.main(argv("6", "--resume")) == 2
+    assert "ended (finished at iteration 4)" in one_line_error(capsys)
+    assert files_under(tmp_path) == before

@@ -71,8 +71,18 @@ def assert_same_run(a: RunDir, b: RunDir) -> None:
     np.testing.assert_array_equal(a.image("last"), b.image("last"))
 
 
+@pytest.fixture
+def cancel_at_end(tmp_path: Path):
+    """Whatever the test leaves in the queue (it failed half-way) is cancelled."""
+    yield
+    record = tmp_path / "jobs" / "submitit" / "jobs.json"
+    if record.is_file():
+        ids = sorted({job_id.split("_")[0] for job_id in json.loads(record.read_text()).values()})
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=30)
+
+
 def test_a_set_on_slurm_survives_a_requeue_and_a_second_submit(
-    tmp_path: Path, monkeypatch, one_thread
+    tmp_path: Path, monkeypatch, one_thread, cancel_at_end
 ) -> None:
     monkeypatch.chdir(ROOT)
     # Long enough that a task requeued at its first checkpoint is still running when Slurm kills

@@ -147,6 +147,9 @@ class RunDir:
                              "--overwrite to replace it, or choose another --ckpt")  # fmt: skip
         if policy == "auto" and self.ended(settings, data, num_iter):
             return "reuse", None
+        if (policy == "resume" and not self.path("state").is_file()
+                and self.ended(settings, data, num_iter)):  # fmt: skip
+            return "reuse", None  # ended, its last state not kept (not finite): outputs kept
         if policy == "resume" or (policy == "auto" and self.path("state").is_file()):
             return "resume", self.resumable(settings, data, num_iter, device_type)
         for path in existing:  # "overwrite", or "auto" over a run killed before its checkpoint
@@ -174,6 +177,11 @@ class RunDir:
         where its stream was drawn (any GPU for a GPU's run; a GPU of another model draws other
         numbers from the same state, which changes no statistic but the exact history)."""
         if not self.path("state").exists():
+            if (record := self.config()) is not None:  # it ended, its last state not finite
+                report = record["report"]
+                raise InputError(f"--resume: the run {self.ckpt} ended ({report['status']} at "
+                                 f"iteration {report['iterations_done']}) with no checkpoint to "
+                                 "go on from; start it again with --overwrite")  # fmt: skip
             raise InputError(f"--resume: no checkpoint {self.path('state')}; start the run "
                              "without --resume")  # fmt: skip
         state = self.state()
