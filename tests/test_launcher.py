@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import submitit
 
@@ -22,7 +21,7 @@ from experiments import driver, launcher, sets
 from experiments.driver import Setting, run_all
 from experiments.driver import reproduce as run_set
 from experiments.sets import LIP_MASKS, PROFILES, Case, Run, figure_runs
-from tests.conftest import ROOT, tiny_profile
+from tests.conftest import ROOT, assert_same_run, tiny_profile
 from utils import InputError
 from utils.images import PAPER_IMAGES
 from utils.rundir import RunDir
@@ -36,16 +35,6 @@ def local_executor(folder: Path) -> submitit.LocalExecutor:
     executor = submitit.LocalExecutor(folder)
     executor.update_parameters(timeout_min=30, stderr_to_stdout=True)
     return executor
-
-
-def assert_same_run(a: RunDir, b: RunDir) -> None:
-    """The same history, number for number, and the same last iterate."""
-    ha, hb = a.history(), b.history()
-    assert list(ha) == list(hb)
-    for column in ha:
-        np.testing.assert_array_equal(ha[column], hb[column], err_msg=column)
-    np.testing.assert_array_equal(a.image("last"), b.image("last"))
-    assert a.config()["report"]["iterations_done"] == b.config()["report"]["iterations_done"]
 
 
 def test_a_set_through_the_launcher_gives_the_histories_of_direct_runs(

@@ -16,7 +16,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from engine import run
@@ -24,7 +23,7 @@ from experiments import launcher
 from experiments.driver import Setting
 from experiments.driver import reproduce as run_set
 from experiments.sets import Case, figure_runs
-from tests.conftest import ROOT, tiny_profile
+from tests.conftest import ROOT, assert_same_run, tiny_profile
 from utils.rundir import RunDir
 
 
@@ -61,14 +60,6 @@ def wait_for(condition, what: str, timeout: float = 300) -> None:
     while not condition():
         assert time.time() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
-
-
-def assert_same_run(a: RunDir, b: RunDir) -> None:
-    ha, hb = a.history(), b.history()
-    assert list(ha) == list(hb)
-    for column in ha:
-        np.testing.assert_array_equal(ha[column], hb[column], err_msg=column)
-    np.testing.assert_array_equal(a.image("last"), b.image("last"))
 
 
 @pytest.fixture
