@@ -332,3 +332,32 @@ def test_resume_of_an_ended_run_without_checkpoint(tmp_path: Path, capsys) -> No
     assert denoising.main(argv("6", "--resume")) == 2
     assert "ended (finished at iteration 4)" in one_line_error(capsys)
     assert files_under(tmp_path) == before
+
+
+def test_a_resumed_run_that_diverges_at_once_says_so_and_keeps_its_outputs(
+    tmp_path: Path, capsys
+) -> None:
+    """Resumed from a finite checkpoint whose next loss is infinite: config.json says diverged
+    (it said finished, from the start before), the images of the last finite row stay (found by
+    the property test)."""
+    argv = lambda n, *more: cli(tmp_path, "--image", "astronaut", "--lr_c", "1e9",  # noqa: E731
+                                "--num_iter", n, "--show_every", "1", "--save_every", "1",
+                                *more)  # fmt: skip
+    assert denoising.main(argv("3")) == 0
+    last = outputs(tmp_path).path("last").read_bytes()
+    assert denoising.main(argv("5", "--resume")) == 1
+    assert "finite at iteration 2, whose outputs are kept" in one_line_error(capsys)
+    report = outputs(tmp_path).config()["report"]
+    assert (report["status"], report["diverged_at"], report["final_iteration"]) == (
+        "diverged", 3, 2)  # fmt: skip
+    assert outputs(tmp_path).path("last").read_bytes() == last
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_names_overwrite(tmp_path: Path
+                                                                            ) -> None:  # fmt: skip
+    """Its inputs are there, so a start without --resume would be refused too."""
+    rundir = RunDir(tmp_path, "run")
+    rundir.save_image("noisy", np.zeros((1, 16, 16)))
+    with pytest.raises(InputError, match=r"no checkpoint .*; start the run again with --overwrite"):
+        rundir.claim({}, {}, 10, "resume")
+    assert rundir.claim({}, {}, 10, "auto") == ("start", None)  # --reuse starts it over

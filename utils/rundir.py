@@ -182,8 +182,9 @@ class RunDir:
                 raise InputError(f"--resume: the run {self.ckpt} ended ({report['status']} at "
                                  f"iteration {report['iterations_done']}) with no checkpoint to "
                                  "go on from; start it again with --overwrite")  # fmt: skip
+            again = "again with --overwrite" if self.existing() else "without --resume"
             raise InputError(f"--resume: no checkpoint {self.path('state')}; start the run "
-                             "without --resume")  # fmt: skip
+                             f"{again}")  # fmt: skip
         state = self.state()
         advice = "--resume needs the same; use it or another --ckpt"
         check_same(self.path("state"), state["settings"], settings, advice)
