@@ -12,8 +12,9 @@
    batch (``engine.loop.fit_batch``), as large as the memory allows, and writes each run's
    outputs (``engine.outputs``).
 
-Exit codes: 0 ended (finished or stopped by its rule) or reused, 1 diverged, 2 refused, 3 out of
-memory. ``recover`` is the same for one config, as a Python call that returns the image.
+Exit codes: 0 ended (finished or stopped by its rule), 1 diverged, 2 refused, 3 out of memory; a
+reused run's is that of how it ended. ``recover`` is the same for one config, as a Python call
+that returns the image.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class Outcome:
     ended) what it wrote."""
 
     cfg: RunConfig
-    code: int  # 0 ended or reused, 1 diverged, 2 refused, 3 out of memory
+    code: int  # 0 ended (or reused, having ended so), 1 diverged, 2 refused, 3 out of memory
     action: str  # "started", "resumed", "reused" or "refused"
     written: Written | None = field(default=None, repr=False)
 
@@ -209,7 +210,8 @@ def prepare(cfg: RunConfig, wait: float, array: np.ndarray | None) -> Job | Outc
         if ended is not None:
             print(ended, flush=True)
             lock.release()
-            return Outcome(cfg, 0, "reused")
+            diverged = rundir.config()["report"]["status"] == "diverged"
+            return Outcome(cfg, 1 if diverged else 0, "reused")  # its exit code, as it ended
         if state is None:
             save_inputs(rundir, cfg, observation)
         else:
@@ -224,7 +226,8 @@ def ended_message(cfg: RunConfig, rundir: RunDir, action: str, state: dict | Non
                   ) -> str | None:  # fmt: skip
     """Why there is nothing to run (the run has ended earlier), or None."""
     if action == "reuse":
-        return f"{cfg.ckpt}: ended earlier with these settings; reused"
+        status = rundir.config()["report"]["status"]
+        return f"{cfg.ckpt}: ended earlier ({status}) with these settings; reused"
     if state is None:
         return None
     if state["iteration"] == cfg.num_iter:
