@@ -278,6 +278,13 @@ def entry(name: str):
         ),  # fmt: skip
         ("benchmarks.levin", lambda t: ["--bogus"], "--bogus"),
         ("benchmarks.levin", lambda t: ["--data_dir", str(t)], "--data_dir"),
+        ("benchmarks.gpu_smoke", lambda t: ["--bogus"], "--bogus"),
+        (
+            "benchmarks.gpu_smoke",
+            lambda t: ["--gpu", "cpu", "--out_dir", str(t / "file")],
+            "--out_dir",
+        ),  # fmt: skip
+        ("benchmarks.gpu_smoke", lambda t: ["--gpu", "cpu", "--size", "0"], "--size"),
         ("benchmarks.tasks", lambda t: ["--bogus"], "--bogus"),
         (
             "benchmarks.tasks",
