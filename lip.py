@@ -25,13 +25,14 @@ from pathlib import Path
 
 from engine import run
 from engine.config import RunConfig, parse, parser
-from engine.runner import ended
+from engine.runner import checked, ended
 from experiments.imp import TARGETS, Search, mask_path, run_search
 from models.decoder import width_for
 from models.lip import Ticket, load_ticket, trained_count
 from tasks import TASKS
-from utils import InputError, guarded
-from utils.io import atomic_write, save_csv
+from utils import ArgumentParser, InputError, guarded
+from utils.images import check_image_names
+from utils.io import atomic_write, check_writable, save_csv
 from utils.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent
@@ -70,7 +71,7 @@ EVAL_FIELDS = ["mask_from", "kind", "round", "sparsity", "image", "task", "width
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="lip.py evaluate",
         description="Train IMP masks, their random twins, the dense net and deep decoders of as "
         "many trained parameters with denoising.py on each image; write the PSNR-against-"
@@ -120,6 +121,11 @@ def evaluate(argv: list[str]) -> int:
     observations (same image, task, noise and seed)."""
     args, rest = eval_parser().parse_known_args(argv)
     images, runs, rounds = args.images.split(","), Path(args.runs), chosen_rounds(args)
+    check_image_names(images, "--images")
+    check_writable(args.csv, "--csv")
+    check_writable(args.figure, "--figure")
+    if args.batch < 1:
+        raise InputError("--batch must be >= 1")
     base = dataclasses.replace(parse(rest), out_dir=str(runs), quiet=True, reuse=True)
     tag = "" if TASKS[base.task].default else f"_{base.task}"  # other tasks' runs apart
     jobs = []  # (row, config)
@@ -141,7 +147,8 @@ def evaluate(argv: list[str]) -> int:
                 jobs.append((row, dataclasses.replace(base, image=image, prior="lip",
                                                       mask=str(path), ckpt=ckpt)))  # fmt: skip
     jobs += decoder_jobs(lip_of_round, images, base, tag)
-    for _, cfg in jobs:  # a run of one of these names made otherwise: refused before any runs
+    for _, cfg in jobs:  # a bad setting, or a run of its name made otherwise: refused first
+        checked(cfg)
         ended(cfg)
     outcomes = run([cfg for _, cfg in jobs], max_batch=args.batch)
     if failed := [o.cfg.ckpt for o in outcomes if o.code]:

@@ -41,6 +41,9 @@ from pathlib import Path
 
 import torch
 
+from utils import ArgumentParser, InputError, guarded, memory
+from utils.io import check_writable
+
 
 # --------------------------------------------------------------------------- problem instance
 @dataclass
@@ -505,17 +508,8 @@ def plot_figures(results: dict, out_dir: Path, phase: dict | None) -> list[Path]
 
 
 # --------------------------------------------------------------------------- CLI
-class UsageError(Exception):
-    """Bad command line; reported as one line on stderr with exit code 2."""
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse would print the usage block and exit
-        raise UsageError(message)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = OneLineParser(
+    parser = ArgumentParser(
         description="Robust PCA by double over-parameterization (You et al., NeurIPS 2020): "
         "DOP vs principal component pursuit vs l1 factorisation.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -571,34 +565,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
 
     if args.n < 2:
-        raise UsageError(f"--n must be >= 2, got {args.n}")
+        raise InputError(f"--n must be >= 2, got {args.n}")
     if not 1 <= args.rank <= args.n:
-        raise UsageError(f"--rank must be in [1, n={args.n}], got {args.rank}")
+        raise InputError(f"--rank must be in [1, n={args.n}], got {args.rank}")
     if not 0 <= args.p <= 1:
-        raise UsageError(f"--p must be in [0, 1], got {args.p}")
+        raise InputError(f"--p must be in [0, 1], got {args.p}")
     if args.alphas is None:
         args.alphas = default_alphas(args.n)
     if any(not (a > 0 and math.isfinite(a)) for a in args.alphas):
-        raise UsageError(f"--alphas must be positive and finite, got {args.alphas}")
+        raise InputError(f"--alphas must be positive and finite, got {args.alphas}")
     if args.threads < 0:
-        raise UsageError(f"--threads must be >= 0, got {args.threads}")
+        raise InputError(f"--threads must be >= 0, got {args.threads}")
     for name in ("steps", "l1_steps", "log_every"):
         if getattr(args, name) < 1:
-            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
+            raise InputError(f"--{name} must be >= 1, got {getattr(args, name)}")
     for name in ("init", "lr", "corruption_scale"):
         if not getattr(args, name) > 0:
-            raise UsageError(f"--{name} must be > 0, got {getattr(args, name)}")
+            raise InputError(f"--{name} must be > 0, got {getattr(args, name)}")
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda requested but CUDA is not available")
+        raise InputError("--device cuda requested but CUDA is not available")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-    except UsageError as err:
-        print(f"lowrank.py: error: {err}", file=sys.stderr)
-        return 2
+    return guarded(lambda: sweep(parse_args(argv)))
+
+
+def sweep(args: argparse.Namespace) -> int:
+    """The sweep (and the phase map), its table, results and figures."""
+    check_writable(args.out_dir, "--out_dir", folder=True)
+    for path in (args.results, args.results.with_suffix(".csv")):
+        check_writable(path, "--results")
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -610,6 +607,12 @@ def main(argv: list[str] | None = None) -> int:
     try:  # restore the thread count: tests call main() inside a longer-lived process
         results = run_sweep(args, device, dtype)
         phase = run_phase_map(args, device, dtype) if args.phase_map else None
+    except RuntimeError as err:  # a --n too large for the memory: one line, as the runner's
+        if not memory.is_out_of_memory(err):
+            raise
+        print(f"error: out of memory ({memory.describe_failure(err)}); use a smaller --n, fewer "
+              "--alphas, or --dtype float32", file=sys.stderr)  # fmt: skip
+        return 3
     finally:
         torch.set_num_threads(previous_threads)
     if phase is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from experiments.plots import draw
 from experiments.sets import FIGURE_NAMES, PROFILES, check_names
 from utils import ArgumentParser, guarded
+from utils.io import check_writable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--table_dir", type=Path, default=Path("docs"))
         args = p.parse_args(argv)
         check_names(args.figures)
+        check_writable(args.figs_dir, "--figs_dir", folder=True)
+        check_writable(args.table_dir, "--table_dir", folder=True)
         profile = PROFILES[args.profile]
         out_dir = args.out_dir or Path("checkpoints") / profile.name
         for path in draw(args.figures, profile, out_dir, args.figs_dir, args.table_dir):

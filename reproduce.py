@@ -32,6 +32,7 @@ from experiments.driver import ROOT, Setting, reproduce
 from experiments.sets import DEFAULT_CASES, FIGURE_NAMES, PROFILES, check_names
 from utils import ArgumentParser, InputError, guarded
 from utils.images import DEFAULT_DATA_DIR
+from utils.io import check_writable
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -103,6 +104,9 @@ def check_args(args: argparse.Namespace) -> tuple[tuple[str, ...] | None, dict |
     for failed, message in bad:
         if failed:
             raise InputError(message)
+    for flag in ("out_dir", "figs_dir", "table_dir"):  # before any run, not after
+        if getattr(args, flag) is not None:
+            check_writable(getattr(args, flag), f"--{flag}", folder=True)
     if args.images is None:
         return gpus, None
     images, known = args.images.split(","), {c.image for g in DEFAULT_CASES.values() for c in g}

@@ -44,11 +44,12 @@ from engine import RunConfig, run
 from engine.data import observe
 from engine.device import pick_device
 from engine.loop import build_model, fit_batch
+from engine.runner import checked
 from experiments import baselines
 from models.skip import SCALES, min_input_size
 from utils import ArgumentParser, InputError, guarded
-from utils.images import DEFAULT_DATA_DIR, centre_crop, resolve_image
-from utils.io import atomic_write, save_csv
+from utils.images import DEFAULT_DATA_DIR, centre_crop, check_image_names, resolve_image
+from utils.io import atomic_write, check_writable, save_csv
 from utils.noise import gaussian
 from utils.observers import Observer
 from utils.rundir import RunDir
@@ -174,11 +175,16 @@ def table(args: argparse.Namespace) -> int:
     base = RunConfig(noise="gaussian_shared", nlevel=args.sigma, method="dip", crop=args.crop,
                      data_dir=args.data_dir, out_dir=args.out_dir, show_every=100,
                      save_every=600, quiet=True, reuse=True, gpu=args.gpu)  # fmt: skip
+    check_image_names(args.images, "--images")
+    every = {method: [dataclasses.replace(base, **settings, image=image,
+                                          ckpt=f"{image}_{method.replace(' ', '_')}_{args.crop}")
+                      for image in args.images]
+             for method, settings in TABLE_RUNS.items()}  # fmt: skip
+    for configs in every.values():  # every run's checks before the first one starts
+        for cfg in configs:
+            checked(cfg)
     scores: dict[str, dict[str, float]] = {}
-    for method, settings in TABLE_RUNS.items():
-        configs = [dataclasses.replace(base, **settings, image=image,
-                                       ckpt=f"{image}_{method.replace(' ', '_')}_{args.crop}")
-                   for image in args.images]  # fmt: skip
+    for method, configs in every.items():
         if any(o.code for o in run(configs, max_batch=len(configs))):
             raise InputError(f"a {method} run failed")
         for image, cfg in zip(args.images, configs, strict=True):
@@ -217,11 +223,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--csv", default=str(ROOT / "docs" / "structural_bias.csv"))
     p.add_argument("--figure", default=str(ROOT / "figs" / "structural_bias.png"))
     args = p.parse_args(argv)
-    args.crop = args.crop or (64 if args.what == "curves" else 128)
+    if args.crop is None:
+        args.crop = 64 if args.what == "curves" else 128
     args.images = args.images.split(",")
     args.widths = {"DIP skip net": args.skip_width}
-    if min(args.crop, args.num_iter, args.every) < 1 or args.sigma < 0:
-        raise InputError("--crop, --num_iter and --every must be positive, --sigma >= 0")
+    if min(args.crop, args.num_iter, args.every, args.skip_width) < 1 or not args.sigma >= 0:
+        raise InputError("--crop, --num_iter, --every and --skip_width must be positive, "
+                         "--sigma >= 0")  # fmt: skip
+    if args.what == "curves":
+        check_writable(args.csv, "--csv")
+        check_writable(args.figure, "--figure")
     return args
 
 

@@ -48,7 +48,8 @@ from engine.device import pick_device
 from engine.runner import Outcome
 from models import SkipNet
 from models.lip import Ticket, dense_ticket, save_ticket
-from utils import ArgumentParser, guarded
+from utils import ArgumentParser, InputError, guarded
+from utils.io import check_writable
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -266,13 +267,23 @@ def smoke_test(args: argparse.Namespace) -> int:
     device, device_name = pick_device(args.gpu)
     size, iters, width = (64, 6, 4) if args.tiny else (args.size, args.iters, None)
     show = max(1, iters // 5)
+    if args.out_dir is not None:
+        check_writable(args.out_dir, "--out_dir", folder=True)
+    base = RunConfig(image="astronaut", crop=size, num_iter=iters, show_every=show,
+                     save_every=show, gpu=args.gpu, quiet=True,
+                     **({} if width is None else {"width": width}))  # fmt: skip
+    if min(size, iters) < 1:
+        raise InputError("--size and --iters must be >= 1")
+    base.check()
     out = args.out_dir or Path(tempfile.mkdtemp(prefix="gpu_smoke_"))
     out.mkdir(parents=True, exist_ok=True)
-    base = RunConfig(image="astronaut", crop=size, num_iter=iters, show_every=show,
-                     save_every=show, gpu=args.gpu, out_dir=str(out), quiet=True,
-                     **({} if width is None else {"width": width}))  # fmt: skip
-    smoke = Smoke(base, out, device, width)
+    smoke = Smoke(dataclasses.replace(base, out_dir=str(out)), out, device, width)
     table = checks(smoke)
+    if unknown := sorted(set(args.only or ()) - set(table)):
+        if args.out_dir is None:
+            shutil.rmtree(out, ignore_errors=True)
+        raise InputError(f"--only: no check {', '.join(unknown)}; the checks are "
+                         f"{', '.join(table)}")  # fmt: skip
     names = [n for n in table if args.only is None or n in args.only]
     started = time.perf_counter()
     print(f"device: {device_name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}; "

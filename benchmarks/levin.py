@@ -34,7 +34,7 @@ from engine.config import to_argv
 from tasks import TASKS
 from utils import ArgumentParser, InputError, guarded
 from utils.images import SHARED_DATA
-from utils.io import atomic_write, save_csv
+from utils.io import atomic_write, check_writable, save_csv
 from utils.metrics import LEVIN_SHIFT, align, error_ratio
 from utils.rundir import RunDir
 
@@ -251,6 +251,11 @@ def measure(argv: list[str] | None) -> int:
     out_dir = Path(args.out_dir or f"checkpoints/levin_{args.profile}")
     if not (data_dir / "gt" / "kernel1.png").is_file():
         raise InputError(f"--data_dir {data_dir} does not hold Levin et al.'s set (gt/kernel1.png)")
+    csv = Path(args.csv or ROOT / "docs" / f"levin_{args.profile}.csv")
+    check_writable(out_dir, "--out_dir", folder=True)
+    check_writable(csv, "--csv")
+    if args.batch < 1:
+        raise InputError("--batch must be >= 1")
     if args.orientation:
         for k in KERNELS:
             as_is, turned = (10 * np.log10(1 / m) for m in misfits(data_dir, k))
@@ -271,7 +276,6 @@ def measure(argv: list[str] | None) -> int:
             code = 1
     rows = score(profile, data_dir, out_dir)
     if rows:
-        csv = Path(args.csv or ROOT / "docs" / f"levin_{args.profile}.csv")
         save_csv(csv, list(rows[0]), (r.values() for r in rows))
     print(table(rows))
     return code

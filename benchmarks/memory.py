@@ -40,7 +40,7 @@ from engine.config import RunConfig
 from engine.device import memory_need, pick_device
 from engine.loop import Speed, build_model, fit_batch
 from models import PRIORS, SkipPrior
-from utils import memory
+from utils import ArgumentParser, InputError, guarded, memory
 from utils.images import SHARED_IMAGES, centre_crop, resolve_image
 from utils.noise import salt_and_pepper
 from utils.seeding import derive_seed
@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--gpu", default=None, help="cpu or a GPU index (default: GPU 0 if any)")
     p.add_argument("--image", default="astronaut", help="paper image, path or scikit-image name")
     p.add_argument("--data_dir", type=Path, default=SHARED_IMAGES)
@@ -164,10 +164,25 @@ def tables(sides=(512, 1024, 2048), widths=(32, 64, 128), budgets=(22, 80),
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    return guarded(lambda: measure(argv))
+
+
+def check(args: argparse.Namespace) -> None:
+    """The flags' ranges, and the image, before any worker starts."""
+    smallest = PRIORS[args.prior].smallest_side(False)  # as denoising.py without --pad
+    if args.size < smallest or args.iters < 3 or args.repeats < 1:
+        raise InputError(f"--size must be >= {smallest} (the {args.prior} prior's smallest "
+                         "side), --iters >= 3, --repeats >= 1")  # fmt: skip
+    RunConfig(prior=args.prior, width=args.width).check()  # --prior, --width as denoising.py
+    resolve_image(args.image, args.data_dir)
+
+
+def measure(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.table:
         tables()
         return 0
+    check(args)
     if args.worker:
         print(json.dumps(worker(args)))
         return 0

@@ -33,8 +33,8 @@ from engine.device import pick_device
 from engine.loop import FitResult, Speed, build_model, fit_batch, stopping_observers
 from experiments.sets import VARIANTS
 from models.skip import SCALES, min_input_size
-from utils import InputError
-from utils.images import SHARED_IMAGES, centre_crop, resolve_image
+from utils import ArgumentParser, InputError, guarded
+from utils.images import PAPER_IMAGES, SHARED_IMAGES, centre_crop, resolve_image
 from utils.noise import salt_and_pepper
 from utils.seeding import derive_seed
 
@@ -42,7 +42,7 @@ ABLATIONS = ("channels_last", "bf16", "compile", "foreach", "fused", "tf32")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--gpu", default=None, help="cpu or a GPU index (default: GPU 0 if any)")
     p.add_argument("--image", default="F16", help="paper image, path or scikit-image name")
     p.add_argument("--data_dir", type=Path, default=SHARED_IMAGES)
@@ -66,35 +66,33 @@ def steady_rate(result: FitResult) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return compare(parse_args(argv))
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except FloatingPointError as err:  # a rate or a PSNR of a diverged run would mean nothing
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    # FloatingPointError: a run diverged; its rate or PSNR would mean nothing
+    return guarded(lambda: compare(parse_args(argv)), failures=(FloatingPointError,))
 
 
 def compare(args: argparse.Namespace) -> int:
     device, name = pick_device(args.gpu)
     gpu = device.type == "cuda"
-    size = args.size or (512 if gpu else 128)
-    width = args.width or (128 if gpu else 32)
-    iters = args.iters or (5000 if gpu else 300)
+    size = args.size if args.size is not None else 512 if gpu else 128
+    width = args.width if args.width is not None else 128 if gpu else 32
+    iters = args.iters if args.iters is not None else 5000 if gpu else 300
     if iters < 3 or args.repeats < 1 or args.batch < 0 or size < min_input_size(SCALES):
         raise InputError(f"--iters must be >= 3, --repeats >= 1, --batch >= 0, "
                          f"--size >= {min_input_size(SCALES)}")  # fmt: skip
+    cfg = RunConfig(**VARIANTS[args.method], width=width, num_iter=iters, nlevel=args.nlevel,
+                    seed=args.seed, show_every=max(1, iters // 10), save_every=iters)  # fmt: skip
+    cfg.check()  # --width, --nlevel, --seed as denoising.py takes them
+    cfg = cfg.resolved()
     try:
         pixels = resolve_image(args.image, args.data_dir).pixels
-    except InputError as err:  # the paper images are not at hand: scikit-image's astronaut
+    except InputError as err:  # a paper image not at hand: scikit-image's astronaut
+        if args.image not in PAPER_IMAGES:
+            raise
         print(f"note: {err}; using scikit-image's astronaut", file=sys.stderr)
         pixels = resolve_image("astronaut").pixels
     if size > min(pixels.shape[1:]):
         raise InputError(f"--size {size} exceeds the image {pixels.shape[1:]}")
     clean_np = centre_crop(pixels, size, size)
-    cfg = RunConfig(**VARIANTS[args.method], width=width, num_iter=iters,
-                    show_every=max(1, iters // 10), save_every=iters).resolved()  # fmt: skip
 
     def data(seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         noisy = [

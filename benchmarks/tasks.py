@@ -25,8 +25,9 @@ from pathlib import Path
 from engine import RunConfig, run
 from engine.config import to_argv
 from experiments.sets import PAPER_IMAGES, PROFILES
-from utils import ArgumentParser, guarded
-from utils.io import save_csv
+from utils import ArgumentParser, InputError, guarded
+from utils.images import check_image_names
+from utils.io import check_writable, save_csv
 from utils.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,6 +112,11 @@ def measure(argv: list[str] | None) -> int:
     p.add_argument("--csv", default=str(ROOT / "docs" / "tasks_quick.csv"))
     args = p.parse_args(argv)
     out_dir, images = Path(args.out_dir), args.images.split(",")
+    check_image_names(images, "--images")
+    check_writable(out_dir, "--out_dir", folder=True)
+    check_writable(args.csv, "--csv")
+    if args.batch < 1:
+        raise InputError("--batch must be >= 1")
     code = 0
     if not args.table:
         where = {"gpu": args.gpu} | ({} if args.data_dir is None else {"data_dir": args.data_dir})

@@ -19,6 +19,7 @@ claims a large speed-up (REFERENCE.md §6).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -29,9 +30,10 @@ import torch
 from engine.config import RunConfig
 from engine.device import pick_device
 from engine.loop import build_model, fit_batch
-from utils import InputError
+from models import PRIORS
+from utils import ArgumentParser, InputError, guarded
 from utils.images import SHARED_IMAGES, centre_crop, resolve_image
-from utils.noise import corrupt
+from utils.noise import NOISES, corrupt
 from utils.seeding import derive_seed
 
 # Each method: its RunConfig settings (the prior fills in the rest) and its iteration budget.
@@ -43,12 +45,13 @@ METHODS = {
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--gpu", default=None, help="cpu or a GPU index (default: GPU 0 if any)")
     p.add_argument("--image", default="F16", help="paper image, path or scikit-image name")
     p.add_argument("--data_dir", type=Path, default=SHARED_IMAGES)
     p.add_argument("--size", type=int, default=128, help="centre crop (default 128)")
-    p.add_argument("--noise", default="gaussian", help="denoising.py --noise (default gaussian)")
+    p.add_argument("--noise", default="gaussian", choices=NOISES,
+                   help="denoising.py --noise (default gaussian)")  # fmt: skip
     p.add_argument("--nlevel", type=float, default=25 / 255, help="its level (default 25/255)")
     p.add_argument("--every", type=int, default=10, help="iterations between logged rows")
     p.add_argument("--margin", type=float, default=1.0, help="target: DIP's peak less this (dB)")
@@ -60,9 +63,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def observation(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor]:
     """(noisy, clean) as (1, C, H, W) tensors: the centre crop, corrupted from the seed."""
+    if not (args.every >= 1 and args.scale_iters > 0 and math.isfinite(args.margin)):
+        raise InputError("--every must be >= 1, --scale_iters > 0 and --margin a number")
+    RunConfig(noise=args.noise, nlevel=args.nlevel, seed=args.seed, width=args.dip_width
+              ).check()  # as denoising.py takes them  # fmt: skip
     clean = resolve_image(args.image, args.data_dir).pixels
-    if args.size > min(clean.shape[1:]):
-        raise InputError(f"--size {args.size} exceeds the image {clean.shape[1:]}")
+    smallest = max(PRIORS[settings["prior"]].smallest_side(False) for settings, _ in
+                   METHODS.values())  # fmt: skip
+    if not smallest <= args.size <= min(clean.shape[1:]):
+        raise InputError(f"--size {args.size}: give one between {smallest} (every prior's "
+                         f"smallest side) and the image's, {min(clean.shape[1:])}")  # fmt: skip
     clean = np.ascontiguousarray(centre_crop(clean, args.size, args.size))
     noisy = corrupt(clean, args.noise, args.nlevel, derive_seed(args.seed, "noise")).noisy
     return torch.from_numpy(noisy)[None], torch.from_numpy(clean)[None]
@@ -96,13 +106,13 @@ def reached(found: dict, target: float) -> tuple[int | None, float | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        device, device_name = pick_device(args.gpu)
-        y, clean = observation(args)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # FloatingPointError: a run diverged; its time to a PSNR would mean nothing
+    return guarded(lambda: measure(parse_args(argv)), failures=(FloatingPointError,))
+
+
+def measure(args: argparse.Namespace) -> int:
+    device, device_name = pick_device(args.gpu)
+    y, clean = observation(args)
     print(f"device: {device_name}, torch {torch.__version__}; {args.image} {args.size}x"
           f"{args.size}, {args.noise} {args.nlevel:.4g}, seed {args.seed}, rows every "
           f"{args.every} iterations; {time.strftime('%Y-%m-%d')}", flush=True)  # fmt: skip

@@ -280,6 +280,10 @@ class RunConfig:
             (self.nlevel is not None and not NOISES[self.noise].valid(self.nlevel),
              f"--nlevel of --noise {self.noise} must be {NOISES[self.noise].meaning}"),
             (not self.mixture_sigma >= 0, "--mixture_sigma must be >= 0"),
+            (self.nlevel is None and self.observed is None and not NOISES[self.noise].valid(0)
+             and not TASKS[self.task].noisy_by_default,
+             f"--task {self.task} has no noise unless --nlevel is given, but --noise "
+             f"{self.noise} has no level 0: give its --nlevel ({NOISES[self.noise].meaning})"),
             (self.observed is not None and (self.image, self.nlevel) != (None, None),
              "--observed is used as it is: it excludes --image and --nlevel"),
             (self.clean is not None and self.observed is None,
@@ -389,7 +393,13 @@ def to_argv(cfg: RunConfig) -> list[str]:
         value = getattr(cfg, f.name)
         if value == f.default:
             continue
-        argv += [f"--{f.name}"] if value is True else [f"--{f.name}", repr_value(value)]
+        text = repr_value(value)
+        if value is True:
+            argv.append(f"--{f.name}")
+        elif text.startswith("-"):  # -1e-05, -inf, -x: a value, not a flag, only so
+            argv.append(f"--{f.name}={text}")
+        else:
+            argv += [f"--{f.name}", text]
     return argv
 
 

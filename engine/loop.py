@@ -513,13 +513,15 @@ def snapshot(loop: Loop, iteration: int) -> list[dict | None]:
     models = unstack_state(loop.model.state_dict(), runs)
     optimizers = unstack_state(loop.optimizer.state_dict(), runs)
     observers = unstack_state(loop.observers.state_dict(), runs)
+    unset = {f"{i}.{name}" for i, o in enumerate(loop.observers) for name in o.unset}
     states: list[dict | None] = []
     for k in range(runs):
         stopped = loop.stopped_at[k]
+        watched = {key: value for key, value in observers[k].items() if key not in unset}
         if (
             loop.diverged_at[k] is not None
             or (stopped is not None and stopped + 1 != iteration)
-            or not is_finite([models[k], optimizers[k], observers[k]])
+            or not is_finite([models[k], optimizers[k], watched])
         ):
             states.append(None)
             continue

@@ -82,24 +82,16 @@ def finish(rundir: RunDir, cfg: RunConfig, observation: Observation, result: Fit
     the task's ``extras`` (images, arrays, report entries: ``Task.outputs``) and the ``context``
     of the run (device, batch size, parameters, steps, start time). DivergedError (its outputs
     written) for a run whose loss became NaN or infinite."""
-    if result.image is None:  # diverged before its first finite row
+    kept = bool(result.history) and rundir.path("last").is_file()  # a resumed run's, earlier
+    if result.image is None and not kept:  # diverged before its first finite row
         raise DivergedError(
             f"{cfg.ckpt}: the loss became NaN or infinite by iteration "
             f"{result.diverged_at}, before any finite row; lower --lr/--lr_c"
         )
-    rundir.save_image("last", result.image)
-    if result.sparse is not None:  # gray = 0, white = +1 (salt), black = -1 (pepper)
-        rundir.save_image("sparse", 0.5 + 0.5 * result.sparse)
-    for name, image in result.estimates.items():  # the moving average
-        rundir.save_image(name, image)
-    if cfg.stop != "none":
-        rundir.save_image("stopped", result.detections[cfg.stop]["image"])
+    entries = {}
+    if result.image is not None:  # else: diverged at once when resumed; the images written at
+        entries = save_images(rundir, cfg, result, extras)  # its last finite row are kept
     rundir.save_history(result.history)
-    images, arrays, entries = extras
-    for name, image in images.items():
-        rundir.save_image(name, image)
-    for name, values in arrays.items():
-        rundir.save_arrays(name, **values)
     report = make_report(cfg, observation, result, context) | entries
     rundir.save_config(dataclasses.asdict(cfg), observation.identity, report)
     if result.diverged_at is not None:
@@ -119,6 +111,25 @@ def finish(rundir: RunDir, cfg: RunConfig, observation: Observation, result: Fit
           + (f" for a batch of {size}" if size > 1 else "")
           + f", outputs in {cfg.out_dir}/{cfg.ckpt}_*")  # fmt: skip
     return Written(result.image, result.history, report)
+
+
+def save_images(rundir: RunDir, cfg: RunConfig, result: FitResult,
+                extras: tuple[dict, dict, dict]) -> dict:  # fmt: skip
+    """The images and arrays of the last finite row and the task's ``extras``; the task's report
+    entries."""
+    rundir.save_image("last", result.image)
+    if result.sparse is not None:  # gray = 0, white = +1 (salt), black = -1 (pepper)
+        rundir.save_image("sparse", 0.5 + 0.5 * result.sparse)
+    for name, image in result.estimates.items():  # the moving average
+        rundir.save_image(name, image)
+    if cfg.stop != "none":
+        rundir.save_image("stopped", result.detections[cfg.stop]["image"])
+    images, arrays, entries = extras
+    for name, image in images.items():
+        rundir.save_image(name, image)
+    for name, values in arrays.items():
+        rundir.save_arrays(name, **values)
+    return entries
 
 
 def make_report(cfg: RunConfig, observation: Observation, result: FitResult, context: dict

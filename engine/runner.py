@@ -12,13 +12,13 @@
    batch (``engine.loop.fit_batch``), as large as the memory allows, and writes each run's
    outputs (``engine.outputs``).
 
-Exit codes: 0 ended (finished or stopped by its rule) or reused, 1 diverged, 2 refused, 3 out of
-memory. ``recover`` is the same for one config, as a Python call that returns the image.
+Exit codes: 0 ended (finished or stopped by its rule), 1 diverged, 2 refused, 3 out of memory; a
+reused run's is that of how it ended. ``recover`` is the same for one config, as a Python call
+that returns the image.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -37,6 +37,7 @@ from tasks import TASKS, Observation
 from tasks.task import stack
 from utils import InputError, memory
 from utils.images import to_float_chw
+from utils.io import TEMPORARY_EXTRA, check_writable, name_limit
 from utils.rundir import FILES, RunDir, RunLock
 
 
@@ -67,7 +68,7 @@ class Outcome:
     ended) what it wrote."""
 
     cfg: RunConfig
-    code: int  # 0 ended or reused, 1 diverged, 2 refused, 3 out of memory
+    code: int  # 0 ended (or reused, having ended so), 1 diverged, 2 refused, 3 out of memory
     action: str  # "started", "resumed", "reused" or "refused"
     written: Written | None = field(default=None, repr=False)
 
@@ -179,15 +180,24 @@ def read_written(rundir: RunDir) -> Written:
     return Written(image.astype(np.float32), rows, rundir.config()["report"])
 
 
-def prepare(cfg: RunConfig, wait: float, array: np.ndarray | None) -> Job | Outcome:
-    """Check the settings, read the observation, claim the run's folder and write the inputs;
-    an Outcome when there is nothing to run (reused, or already ended)."""
+def checked(cfg: RunConfig, array: np.ndarray | None = None
+            ) -> tuple[RunConfig, Observation, torch.device, str]:  # fmt: skip
+    """Every check a run makes before it writes anything (InputError): its settings, folder and
+    names, its observation (read here), the device and its memory. The settings resolved, the
+    observation, the device and its description."""
     cfg.check()
     device, device_name = pick_device(cfg.gpu)
     cfg = cfg.resolved()
     check_paths(cfg)
     observation = observe(cfg, array)
     check_fits(cfg, observation.x_shape, device, device_name)
+    return cfg, observation, device, device_name
+
+
+def prepare(cfg: RunConfig, wait: float, array: np.ndarray | None) -> Job | Outcome:
+    """Check the settings, read the observation, claim the run's folder and write the inputs;
+    an Outcome when there is nothing to run (reused, or already ended)."""
+    cfg, observation, device, device_name = checked(cfg, array)
     rundir = RunDir(Path(cfg.out_dir), cfg.ckpt)
     if policy_of(cfg) == "resume" and not Path(cfg.out_dir).is_dir():  # refused: no checkpoint
         rundir.resumable(cfg.defining(), observation.identity, cfg.num_iter, device.type)
@@ -200,7 +210,8 @@ def prepare(cfg: RunConfig, wait: float, array: np.ndarray | None) -> Job | Outc
         if ended is not None:
             print(ended, flush=True)
             lock.release()
-            return Outcome(cfg, 0, "reused")
+            diverged = rundir.config()["report"]["status"] == "diverged"
+            return Outcome(cfg, 1 if diverged else 0, "reused")  # its exit code, as it ended
         if state is None:
             save_inputs(rundir, cfg, observation)
         else:
@@ -215,7 +226,8 @@ def ended_message(cfg: RunConfig, rundir: RunDir, action: str, state: dict | Non
                   ) -> str | None:  # fmt: skip
     """Why there is nothing to run (the run has ended earlier), or None."""
     if action == "reuse":
-        return f"{cfg.ckpt}: ended earlier with these settings; reused"
+        status = rundir.config()["report"]["status"]
+        return f"{cfg.ckpt}: ended earlier ({status}) with these settings; reused"
     if state is None:
         return None
     if state["iteration"] == cfg.num_iter:
@@ -233,15 +245,11 @@ def ended_message(cfg: RunConfig, rundir: RunDir, action: str, state: dict | Non
 def check_paths(cfg: RunConfig) -> None:
     """--out_dir must be a folder (or one that can be made) and the run's file names must fit the
     file system's limit on a name (with atomic writes' temporary names)."""
+    check_writable(cfg.out_dir, "--out_dir", folder=True)
     out = Path(cfg.out_dir)
-    for folder in (out, *out.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                where = "is a file" if folder == out else f"is below {folder}, a file"
-                raise InputError(f"--out_dir {cfg.out_dir} {where}; give a folder")
-            break
-    longest = max(len(f".{cfg.ckpt}_{name}.XXXXXXXX.tmp".encode()) for name in FILES.values())
-    limit = os.pathconf(folder, "PC_NAME_MAX") if folder.exists() else 255
+    folder = next(p for p in (out, *out.parents, Path(".")) if p.exists())
+    longest = max(len(f"{cfg.ckpt}_{name}".encode()) for name in FILES.values()) + TEMPORARY_EXTRA
+    limit = name_limit(folder)
     if longest > limit:
         spare = limit - (longest - len(cfg.ckpt.encode()))
         raise InputError(f"--ckpt is {len(cfg.ckpt)} characters: its file names would exceed the "

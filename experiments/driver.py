@@ -197,7 +197,7 @@ def find_masks(mask_search: MaskSearch, setting: Setting, executor: Any = None,
         job = launcher.submit_script(executor, cfg.ckpt, launcher.Script(search), log)
     if not wait:
         return "in flight" if busy else "submitted"
-    launcher.wait([job])
+    launcher.wait(executor, [job])
     if not search.record.is_file():
         print(f"error: the mask search {cfg.ckpt} failed: see {log}", file=sys.stderr)
         return "failed"
@@ -219,7 +219,7 @@ def submit_all(todo: Sequence[Run], setting: Setting, batch: int, executor: Any,
     outcome["in flight"] = busy
     if not wait:
         return outcome | {"submitted": [name for name in configs if name not in busy]}
-    launcher.wait(jobs)
+    launcher.wait(executor, jobs)
     for name, cfg in configs.items():
         if name not in busy:
             done = "resumed" if name in resuming else "started"

@@ -27,6 +27,7 @@ from engine.config import RunConfig
 from engine.data import observe
 from engine.device import pick_device
 from engine.loop import build_model, fit_batch
+from engine.runner import check_paths
 from models.lip import (
     Ticket,
     dense_ticket,
@@ -127,11 +128,12 @@ def run_search(search: Search, progress: bool = False) -> list[dict]:
     device, name = pick_device(train.gpu)
     print(f"device: {name}", flush=True)
     out = Path(train.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_paths(train.resolved())
     existing = sorted(out.glob(f"{train.ckpt}_mask_*.pt"))
     if existing and not train.overwrite:
         raise InputError(f"{existing[0]} exists: pass --overwrite or choose another --ckpt")
     y, clean, identities = load_targets(train, search.images, search.target)
+    out.mkdir(parents=True, exist_ok=True)
     y, clean = y.to(device), None if clean is None else clean.to(device)
     outcomes = prune_rounds(search, train, y, clean, identities, device, progress)
     save_json(search.record, {"settings": dataclasses.asdict(train), "imp": search.imp(),

@@ -9,6 +9,14 @@ of a task goes on with its runs from their folders (from the last checkpoint: at
 incarnation still holds. Nothing here schedules anything: submitit writes the sbatch script,
 submits the array and requeues; this module only turns runs into its jobs.
 
+Which jobs are still queued or running comes from ``squeue`` (``active``), not from submitit's
+job states, which ask ``sacct``: a cluster without accounting (no slurmdbd: ``sacct`` fails) has
+none, and there submitit sees every job as UNKNOWN and a job cancelled before it wrote a result
+as never done. squeue knows every queued or running job, and an ended one for MinJobAge seconds
+(300 by default); what it cannot tell after that is how a job ended (completed, failed, timed
+out, cancelled). Nothing here needs it: whether a run has ended is read from its folder
+(``engine.runner.ended``), and a job's log says why it stopped.
+
 Files, in the executor's folder (reproduce.py: ``OUT_DIR/submitit``): submitit's
 ``JOBID_submission.sh`` (the sbatch script), ``JOBID_TASK_0_log.out`` (each task's output, stdout
 and stderr), its pickles, and ``jobs.json`` (the last job of every run, so that a rerun leaves a
@@ -24,6 +32,7 @@ import dataclasses
 import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -48,9 +57,13 @@ FLAGS = {
     "mem_gb": ("mem", 32),
     "array_parallelism": ("array_parallelism", 64),
 }
-# sacct states of a job that still holds its runs (a rerun does not submit them again).
+# Slurm states of a job that still holds its runs (a rerun does not submit them again); every
+# other state (COMPLETED, FAILED, CANCELLED, TIMEOUT, ...) is an end, and so is a job squeue no
+# longer knows.
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
-          "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT"}  # fmt: skip
+          "COMPLETING", "SUSPENDED", "STOPPED", "RESIZING", "SIGNALING", "STAGE_OUT",
+          "RESV_DEL_HOLD"}  # fmt: skip
+POLL = 2.0  # seconds between two looks at the queue while waiting for jobs
 
 
 def import_submitit() -> Any:
@@ -222,11 +235,39 @@ def in_flight(executor: Any, names: list[str]) -> list[str]:
     """Those of ``names`` whose last job (in ``jobs.json``) is still queued or running."""
     record = read_record(Path(executor.folder))
     jobs = {name: record[name] for name in names if name in record}
-    states = {}
-    for job_id in set(jobs.values()):
-        job = executor.job_class(folder=executor.folder, job_id=job_id)
-        states[job_id] = str(job.state).split(" ")[0].upper()  # "CANCELLED by 0": CANCELLED
-    return [name for name, job_id in jobs.items() if states[job_id] in ACTIVE]
+    busy = active(executor, [executor.job_class(folder=executor.folder, job_id=job_id)
+                             for job_id in sorted(set(jobs.values()))])  # fmt: skip
+    return [name for name, job_id in jobs.items() if job_id in busy]
+
+
+def active(executor: Any, jobs: list[Any]) -> set[str]:
+    """The ids of those of submitit's ``jobs`` that are still queued or running: on Slurm, as
+    squeue says (``squeue_states``); with submitit's local executor (the tests'), those whose
+    process (known to the job objects that submitted them) has not ended."""
+    if isinstance(executor, import_submitit().SlurmExecutor):
+        states = squeue_states([job.job_id for job in jobs])
+        return {job_id for job_id, state in states.items() if state in ACTIVE}
+    return {job.job_id for job in jobs if not job.done()}
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, str]:
+    """Each job's state as squeue gives it (with every state shown, array tasks one by one):
+    PENDING, RUNNING, COMPLETED, ...; "" for a job squeue does not know (it ended more than
+    MinJobAge seconds ago). InputError when squeue cannot answer (no squeue, no slurmctld)."""
+    if not job_ids:
+        return {}
+    arrays = sorted({job_id.split("_")[0] for job_id in job_ids})
+    command = ["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T",
+               f"--jobs={','.join(arrays)}"]  # fmt: skip
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise InputError(f"--launcher slurm: squeue did not answer ({err})") from None
+    if out.returncode != 0 and "Invalid job id" not in out.stderr:  # all of them forgotten
+        said = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+        raise InputError(f"--launcher slurm: squeue could not tell the jobs' states: {said}")
+    known = dict(line.split("|", 1) for line in out.stdout.split() if "|" in line)
+    return {job_id: known.get(job_id, "") for job_id in job_ids}
 
 
 def read_record(folder: Path) -> dict[str, str]:
@@ -254,12 +295,12 @@ def submit(executor: Any, configs: list[RunConfig], max_batch: int = 1) -> list[
     return jobs
 
 
-def wait(jobs: list[Any]) -> None:
-    """Wait until every job has ended (finished, failed or cancelled). On Ctrl-C the jobs go on;
-    the interrupt is raised again."""
+def wait(executor: Any, jobs: list[Any]) -> None:
+    """Wait until every job has ended (finished, failed, cancelled, or forgotten by Slurm: see
+    ``active``). On Ctrl-C the jobs go on; the interrupt is raised again."""
     try:
-        while not all(job.done() for job in jobs):
-            time.sleep(1)
+        while jobs := [job for job in jobs if job.job_id in active(executor, jobs)]:
+            time.sleep(POLL)
     except KeyboardInterrupt:
         print("\nstopped waiting: the jobs go on (squeue); collect their runs later with "
               "--collect", file=sys.stderr)  # fmt: skip

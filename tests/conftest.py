@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 from torch import Tensor
 
 from engine.config import RunConfig
@@ -22,10 +23,19 @@ from utils.rundir import RunDir
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Property tests (hypothesis): CI draws a fixed set of 100 examples (the same every run: about
+# 15 s on a busy 2-core machine); --runslow or HYPOTHESIS_PROFILE=slow draws 1000, at random.
+settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True, database=None)
+settings.register_profile("slow", max_examples=1000, deadline=None)
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Under pytest-xdist (pyproject's ``-n auto``: one worker per core) each worker computes on
+    """Hypothesis's profile ("ci" unless --runslow or HYPOTHESIS_PROFILE says otherwise). Under
+    pytest-xdist (pyproject's ``-n auto``: one worker per core) each worker computes on
     one thread, and so do the processes its tests start: OpenMP threads of several workers on
     the same cores would contend (small nets ran several times slower)."""
+    slow = "slow" if config.getoption("--runslow") else "ci"
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", slow))
     if os.environ.get("PYTEST_XDIST_WORKER"):
         torch.set_num_threads(1)
         os.environ["OMP_NUM_THREADS"] = "1"
@@ -87,6 +97,16 @@ def cli(tmp_path: Path, *extra: str, crop: str | None = "64") -> list[str]:
 def outputs(tmp_path: Path, ckpt: str = "test") -> RunDir:
     """The folder of run ``ckpt`` made by ``cli(tmp_path, ...)``."""
     return RunDir(tmp_path / "out", ckpt)
+
+
+def assert_same_run(a: RunDir, b: RunDir) -> None:
+    """The same history, number for number, and the same last iterate."""
+    ha, hb = a.history(), b.history()
+    assert list(ha) == list(hb)
+    for column in ha:
+        np.testing.assert_array_equal(ha[column], hb[column], err_msg=column)
+    np.testing.assert_array_equal(a.image("last"), b.image("last"))
+    assert a.config()["report"]["iterations_done"] == b.config()["report"]["iterations_done"]
 
 
 def tiny_profile(iters: int, **more) -> Profile:

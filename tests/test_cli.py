@@ -213,6 +213,8 @@ def test_divergence_is_reported_and_keeps_finite_outputs(tmp_path: Path, capsys)
     report = outputs(tmp_path).config()["report"]
     assert report["status"] == "diverged" and np.isfinite(report["final_psnr"])
     assert Image.open(outputs(tmp_path).path("last")).size == (64, 64)
+    assert denoising.main([*args, "--reuse"]) == 1  # reused, as it ended (the property test's)
+    assert "ended earlier (diverged)" in capsys.readouterr().out
 
 
 def test_command_line_process(tmp_path: Path) -> None:

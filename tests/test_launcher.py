@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import submitit
 
@@ -22,7 +21,8 @@ from experiments import driver, launcher, sets
 from experiments.driver import Setting, run_all
 from experiments.driver import reproduce as run_set
 from experiments.sets import LIP_MASKS, PROFILES, Case, Run, figure_runs
-from tests.conftest import ROOT, tiny_profile
+from tests.conftest import ROOT, assert_same_run, tiny_profile
+from utils import InputError
 from utils.images import PAPER_IMAGES
 from utils.rundir import RunDir
 
@@ -35,16 +35,6 @@ def local_executor(folder: Path) -> submitit.LocalExecutor:
     executor = submitit.LocalExecutor(folder)
     executor.update_parameters(timeout_min=30, stderr_to_stdout=True)
     return executor
-
-
-def assert_same_run(a: RunDir, b: RunDir) -> None:
-    """The same history, number for number, and the same last iterate."""
-    ha, hb = a.history(), b.history()
-    assert list(ha) == list(hb)
-    for column in ha:
-        np.testing.assert_array_equal(ha[column], hb[column], err_msg=column)
-    np.testing.assert_array_equal(a.image("last"), b.image("last"))
-    assert a.config()["report"]["iterations_done"] == b.config()["report"]["iterations_done"]
 
 
 def test_a_set_through_the_launcher_gives_the_histories_of_direct_runs(
@@ -148,20 +138,22 @@ def launcher_signal() -> signal.Signals:
 
 @pytest.fixture
 def fake_slurm(tmp_path: Path, monkeypatch) -> Path:
-    """srun, sbatch and sacct stand-ins on the PATH: sbatch answers as Slurm does (job ids from
-    4242 up), sacct prints ``sacct.txt``. Returns their folder."""
+    """srun, sbatch and squeue stand-ins on the PATH: sbatch answers as Slurm does (job ids from
+    4242 up), squeue prints ``squeue.txt`` (and what ``squeue.err`` holds on stderr, exit 1
+    when there is one). Returns their folder."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     scripts = {
         "srun": "exit 0",
         "sbatch": f"n=$(cat {bin_dir}/last 2>/dev/null || echo 4241); n=$((n + 1)); "
         f'echo $n > {bin_dir}/last; echo "Submitted batch job $n"',
-        "sacct": f"cat {bin_dir}/sacct.txt",
+        "squeue": f"cat {bin_dir}/squeue.txt; if [ -s {bin_dir}/squeue.err ]; then "
+        f"cat {bin_dir}/squeue.err >&2; exit 1; fi",
     }
     for name, body in scripts.items():
         (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / name).chmod(0o755)
-    (bin_dir / "sacct.txt").write_text("JobID|State|NodeList\n")
+    (bin_dir / "squeue.txt").write_text("")
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     return bin_dir
 
@@ -208,22 +200,45 @@ def test_the_sbatch_script_of_a_set(tmp_path: Path, fake_slurm: Path, monkeypatc
         assert os.readlink(log) == f"submitit/4242_{i}_0_log.out"
 
     # A rerun while the array runs submits nothing; once task 3 has failed, it submits its run.
-    states = ["RUNNING"] * 14
-    (fake_slurm / "sacct.txt").write_text(
-        "JobID|State|NodeList\n" + "".join(f"4242_{i}|{s}|n1\n" for i, s in enumerate(states))
-    )
+    states = ["RUNNING"] * 5 + ["PENDING"] * 9
+    queue = lambda: "".join(f"4242_{i}|{s}\n" for i, s in enumerate(states))  # noqa: E731
+    (fake_slurm / "squeue.txt").write_text(queue())
     assert reproduce.main(common) == 0
     assert "14 in flight, 0 submitted" in capsys.readouterr().out
     assert not (folder / "4243_submission.sh").exists()
     states[3] = "FAILED"
-    (fake_slurm / "sacct.txt").write_text(
-        "JobID|State|NodeList\n" + "".join(f"4242_{i}|{s}|n1\n" for i, s in enumerate(states))
-    )
+    states[13] = ""  # forgotten by squeue (ended MinJobAge ago): ended too
+    (fake_slurm / "squeue.txt").write_text(queue().replace("4242_13|\n", ""))
     assert reproduce.main(common) == 0
-    assert "13 in flight, 1 submitted" in capsys.readouterr().out
-    assert json.loads((folder / "jobs.json").read_text())[runs[3].ckpt(quick)] == "4243"
-    assert "#SBATCH --array" not in "\n".join(sbatch_lines(folder, "4243"))  # a single job
-    assert fetched[4:] == [(runs[3].image, tmp_path)]  # the image of the run submitted only
+    assert "12 in flight, 2 submitted" in capsys.readouterr().out
+    record = json.loads((folder / "jobs.json").read_text())
+    assert record[runs[3].ckpt(quick)] == "4243_0" and record[runs[13].ckpt(quick)] == "4243_1"
+    assert "#SBATCH --array=0-1%2" in sbatch_lines(folder, "4243")  # the two runs only
+    assert sorted(fetched[4:]) == sorted({(runs[i].image, tmp_path) for i in (3, 13)})
+
+
+def test_squeue_says_which_jobs_are_active(tmp_path: Path, fake_slurm: Path) -> None:
+    """A cluster without accounting has no sacct: the jobs' states come from squeue (every
+    state, array tasks one by one); a job it no longer knows has ended; a squeue that cannot
+    answer is one line."""
+    executor = launcher.slurm_executor(tmp_path / "submitit", launcher.read_options(None, {}))
+    (fake_slurm / "squeue.txt").write_text("7_0|RUNNING\n7_1|COMPLETING\n7_2|CANCELLED\n"
+                                           "8|REQUEUED\n9|COMPLETED\n")  # fmt: skip
+    ids = ["7_0", "7_1", "7_2", "7_3", "8", "9"]
+    assert launcher.squeue_states(ids) == {"7_0": "RUNNING", "7_1": "COMPLETING", "7_2":
+                                           "CANCELLED", "7_3": "", "8": "REQUEUED",
+                                           "9": "COMPLETED"}  # fmt: skip
+    jobs = [executor.job_class(folder=tmp_path, job_id=job_id) for job_id in ids]
+    assert launcher.active(executor, jobs) == {"7_0", "7_1", "8"}
+    (fake_slurm / "squeue.txt").write_text("")  # one id, forgotten: squeue exits 1
+    (fake_slurm / "squeue.err").write_text("slurm_load_jobs error: Invalid job id specified\n")
+    assert launcher.active(executor, jobs[-1:]) == set()
+    launcher.wait(executor, jobs[-1:])  # returns at once
+    (fake_slurm / "squeue.err").write_text("slurm_load_jobs error: Unable to contact slurm "
+                                           "controller (connect failure)\n")  # fmt: skip
+    with pytest.raises(InputError, match="could not tell the jobs' states: slurm_load_jobs "
+                       "error: Unable to contact"):  # fmt: skip
+        launcher.active(executor, jobs[-1:])
 
 
 def test_batches_are_tasks_of_runs_that_share_a_loop(
@@ -325,7 +340,7 @@ def test_the_mask_search_is_a_job_and_the_runs_of_its_mask_wait_for_it(
     """A set with the lottery prior through the launcher: the mask search is submitted as one
     job and the runs that train its mask are held back; once it has ended, a rerun submits them
     (and not the search again). (A rerun while the search's job runs finds it in flight through
-    sacct, as any run's: test_the_sbatch_script_of_a_set.)"""
+    squeue, as any run's: test_the_sbatch_script_of_a_set.)"""
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(sets, "COMPARE_VARIANTS", ("lip",))  # the lottery runs only
     tiny = tiny_profile(40, imp_rounds=1, imp_iters=10)

@@ -192,7 +192,7 @@ def test_cli_rejects_bad_input(argv: list[str], capsys: pytest.CaptureFixture) -
     assert lowrank.main(argv) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.startswith("lowrank.py: error:")
+    assert captured.err.startswith("error: ")  # utils.guarded, as every entry point
     assert captured.err.count("\n") == 1
 
 

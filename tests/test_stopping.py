@@ -128,6 +128,19 @@ def test_a_stopped_run_ends_at_its_row_and_resumes_to_the_same_detection() -> No
     assert_same_history(resumed.history, whole.history)
 
 
+def test_a_checkpoint_before_the_first_score_is_kept_and_resumes_exactly() -> None:
+    """Before a rule's first score (its window not full) the score is NaN and the minimum +inf:
+    placeholders, not a run gone wrong. Such a checkpoint was dropped (a run killed then had
+    nothing to resume; found by the command line's property test)."""
+    settings = {"stop": "wmv", "show_every": 5, "save_every": 5}  # window 10
+    [whole] = fit_rules([0], 40, **settings)
+    saved: list = []
+    fit_rules([0], 5, saved=saved, **settings)
+    assert saved[-1][0] is not None and saved[-1][0]["iteration"] == 5
+    [resumed] = fit_rules([0], 40, states=saved[-1], **settings)
+    assert_same_history(resumed.history, whole.history)
+
+
 @pytest.mark.parametrize("observe", [False, True])
 def test_batched_runs_stop_on_their_own(observe: bool) -> None:
     settings = {"stop": "wmv", "stop_observe": observe, "ema": 0.9, "show_every": 1}

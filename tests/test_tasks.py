@@ -83,11 +83,12 @@ def test_tasks_write_their_outputs(tmp_path: Path, task: str) -> None:
     extra = {"inpaint": ["--nlevel", "0.1"], "sr": [], "deblur": ["--kernel", kernel_png(tmp_path)],
              "blind-deblur": ["--kernel", kernel_png(tmp_path), "--kernel_size", "9", "--loss",
                               "l2_then_ssim", "--loss_switch", "10"]}[task]  # fmt: skip
-    argv = cli(tmp_path, "--task", task, "--image", IMAGE, "--num_iter", "20", *extra)
+    watch = ["--ema", "0.9", "--stop", "wmv", "--stop_observe"]  # observers of x, not of y
+    argv = cli(tmp_path, "--task", task, "--image", IMAGE, "--num_iter", "20", *extra, *watch)
     assert denoising.main(argv) == 0
     run = outputs(tmp_path)
-    last, clean, noisy = (run.image(name) for name in ("last", "clean", "noisy"))
-    assert last.shape == clean.shape
+    last, clean, noisy, ema = (run.image(name) for name in ("last", "clean", "noisy", "ema"))
+    assert last.shape == clean.shape == ema.shape and {"wmv", "emv"} <= set(run.history())
     expected = {"inpaint": (64, 64), "sr": (16, 16), "deblur": (58, 58), "blind-deblur": (58, 58)}
     assert noisy.shape[:2] == expected[task]
     assert clean.shape[:2] == (64, 64) if task in ("inpaint", "sr") else (58, 58)
@@ -163,6 +164,7 @@ def test_blind_deblurring_resumes_exactly(tmp_path: Path) -> None:
         (lambda t: ["--task", "inpaint", "--keep", "0"], "--keep"),
         (lambda t: ["--task", "inpaint", "--pixel_mask", kernel_png(t)], "kernel.png"),  # too small
         (lambda t: ["--lr_milestones", "a,b"], "--lr_milestones"),
+        (lambda t: ["--task", "sr", "--noise", "shot"], "--noise shot has no level 0"),
     ],
 )
 def test_bad_task_input_is_one_line(tmp_path: Path, capsys, extra, message: str) -> None:

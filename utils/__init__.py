@@ -20,14 +20,19 @@ class ArgumentParser(argparse.ArgumentParser):
         raise InputError(f"{message} (see --help)")
 
 
-def guarded(main: Callable[[], int], interrupted: str = "") -> int:
+def guarded(main: Callable[[], int], interrupted: str = "",
+            failures: tuple[type[Exception], ...] = ()) -> int:  # fmt: skip
     """Every entry point's body: a bad input is one line on stderr and exit code 2, Ctrl-C one
-    line (``interrupted``: how to go on) and 130; anything else is a bug and shows its traceback."""
+    line (``interrupted``: how to go on) and 130, one of ``failures`` (the computation failed:
+    a benchmark's run diverged) one line and 1; anything else is a bug and shows its traceback."""
     try:
         return main()
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except failures as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted{': ' + interrupted if interrupted else ''}", file=sys.stderr)
         return 130

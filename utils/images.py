@@ -157,6 +157,19 @@ def resolve_image(
     )
 
 
+def check_image_names(names: list[str], flag: str) -> None:
+    """InputError naming those of ``names`` that are neither a paper image, a scikit-image image
+    nor an image file (nothing is read or downloaded): before a command runs one of them."""
+    known = (*PAPER_IMAGES, *BUNDLED_IMAGES)
+    unknown = [name for name in names if name not in known and not Path(name).is_file()]
+    if unknown or not names:
+        raise InputError(
+            f"{flag}: no image file or known image named {', '.join(map(repr, unknown))}; give "
+            f"paths, paper images ({', '.join(PAPER_IMAGES)}) or scikit-image images "
+            f"({', '.join(BUNDLED_IMAGES)})"
+        )
+
+
 def centre_crop(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """The central height x width window of an image (..., H, W): a numpy array or a tensor."""
     top, left = (image.shape[-2] - height) // 2, (image.shape[-1] - width) // 2

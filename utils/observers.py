@@ -24,6 +24,9 @@ class Observer(nn.Module):
     """Base class: override ``update`` and, to log values, ``columns``."""
 
     name: str = "observer"
+    # Buffers whose NaN or infinity means "no value yet" (a score before its first window, a
+    # minimum before its first score), not a run gone wrong: a checkpoint is kept with them.
+    unset: tuple[str, ...] = ()
 
     def update(self, iteration: int, x: Tensor) -> None:
         raise NotImplementedError

@@ -122,8 +122,11 @@ class RunDir:
         path = self.path("state")
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # noqa: BLE001  (a corrupt or foreign file)
-            raise InputError(f"--resume: cannot read {path} ({err})") from None
+        except Exception as err:  # noqa: BLE001  (a damaged or foreign file: its reader's
+            # message, hundreds of characters of zip or pickle internals, is left out)
+            raise InputError(f"the checkpoint {path} cannot be read ({type(err).__name__}: "
+                             "damaged, or not a checkpoint); start the run again with "
+                             "--overwrite") from None  # fmt: skip
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise InputError(f"--resume: {path} was written by an earlier version of this code; "
                              "start the run again with --overwrite")  # fmt: skip
@@ -144,6 +147,9 @@ class RunDir:
                              "--overwrite to replace it, or choose another --ckpt")  # fmt: skip
         if policy == "auto" and self.ended(settings, data, num_iter):
             return "reuse", None
+        if (policy == "resume" and not self.path("state").is_file()
+                and self.ended(settings, data, num_iter)):  # fmt: skip
+            return "reuse", None  # ended, its last state not kept (not finite): outputs kept
         if policy == "resume" or (policy == "auto" and self.path("state").is_file()):
             return "resume", self.resumable(settings, data, num_iter, device_type)
         for path in existing:  # "overwrite", or "auto" over a run killed before its checkpoint
@@ -171,8 +177,14 @@ class RunDir:
         where its stream was drawn (any GPU for a GPU's run; a GPU of another model draws other
         numbers from the same state, which changes no statistic but the exact history)."""
         if not self.path("state").exists():
+            if (record := self.config()) is not None:  # it ended, its last state not finite
+                report = record["report"]
+                raise InputError(f"--resume: the run {self.ckpt} ended ({report['status']} at "
+                                 f"iteration {report['iterations_done']}) with no checkpoint to "
+                                 "go on from; start it again with --overwrite")  # fmt: skip
+            again = "again with --overwrite" if self.existing() else "without --resume"
             raise InputError(f"--resume: no checkpoint {self.path('state')}; start the run "
-                             "without --resume")  # fmt: skip
+                             f"{again}")  # fmt: skip
         state = self.state()
         advice = "--resume needs the same; use it or another --ckpt"
         check_same(self.path("state"), state["settings"], settings, advice)

@@ -39,6 +39,8 @@ from utils.observers import Observer
 class StoppingRule(Observer):
     """The running minimum of a score and the patience rule, for K runs."""
 
+    unset = ("score", "best")  # NaN and +inf until the first score
+
     def __init__(self, patience: int, shape: Sequence[int], dtype: torch.dtype) -> None:
         super().__init__()
         runs = shape[0]
