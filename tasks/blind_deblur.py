@@ -25,7 +25,7 @@ class BlindDeblur(Deblur):
     side). A finished run writes the estimate and, with a true kernel, their correlation."""
 
     name = "blind-deblur"
-    own_settings = ("kernel", "kernel_size", "lr_kernel")
+    own_settings = ("kernel", "kernel_size", "lr_kernel", "no_nonlocal")
     defaults = Deblur.defaults | {"lr_kernel": 1e-4}
 
     def check(self, cfg: Any) -> None:
