@@ -68,7 +68,7 @@ def find_parser() -> argparse.ArgumentParser:
                        help="prune the two convolutions that read z too (the public code keeps "
                        "them dense), every round to exactly 1 - 0.8^k")  # fmt: skip
     group.add_argument("--fixed_z", action="store_true", default=False,
-                       help="one z for every round (the public code: a new z each round)")
+                       help="one z for all rounds (public: a new z each round)")  # fmt: skip
     group.add_argument("--inits", type=int, default=INITS,
                        help="initialisations, each its own search: seeds SEED..SEED+N-1, named "
                        "CKPT_init1..N (1: one search named CKPT) (default: 3)")  # fmt: skip
