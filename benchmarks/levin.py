@@ -11,6 +11,7 @@ SSD(blind) / SSD(true kernel) and SelfDeblur's ratio of spectral norms (statisti
 and the share of cases below 3 of each.
 
     OMP_NUM_THREADS=1 python -m benchmarks.levin --profile quick --gpu cpu   # a 2-core CPU
+    python -m benchmarks.levin --kernel_sizes file --no_nonlocal --ssim_padding valid  # before
     python -m benchmarks.levin --profile full --gpu 0     # SelfDeblur's setting, for a GPU
     python -m benchmarks.levin --profile full --dry_run   # its denoising.py command lines
     python -m benchmarks.levin --profile quick --table    # score the finished runs only
@@ -39,7 +40,14 @@ from tasks import TASKS
 from utils import ArgumentParser, InputError, guarded
 from utils.images import SHARED_DATA
 from utils.io import atomic_write, save_csv
-from utils.metrics import ERROR_RATIOS, LEVIN_SHIFT, align, error_ratio, success_share
+from utils.metrics import (
+    ERROR_RATIOS,
+    LEVIN_SHIFT,
+    SSIM_PADDINGS,
+    align,
+    error_ratio,
+    success_share,
+)
 from utils.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,12 +163,13 @@ def schedule(num_iter: int) -> dict:
             "lr_milestones": ",".join(map(str, milestones))}  # fmt: skip
 
 
-def runs(profile: Profile, data_dir: Path, out_dir: Path, sizes: str = "selfdeblur"
-         ) -> dict[str, RunConfig]:  # fmt: skip
+def runs(profile: Profile, data_dir: Path, out_dir: Path, sizes: str = "selfdeblur",
+         **settings) -> dict[str, RunConfig]:  # fmt: skip
     """The configs of every run by its name: each case's blind run (the kernel size of
     ``sizes``) and its image-and-kernel's non-blind run (shared by an exact and an
-    over-specified case), both with the task's (SelfDeblur's) defaults. Writes the true kernels
-    they name (``true_kernel``)."""
+    over-specified case), both with the task's (SelfDeblur's) defaults, then ``settings``
+    (``--no_nonlocal``, ``--ssim_padding valid``: this code's earlier generator and loss).
+    Writes the true kernels they name (``true_kernel``)."""
     out = {}
     for case in profile.cases:
         i, k, size = case.image, case.kernel, true_size(data_dir, case.kernel)
@@ -170,7 +179,7 @@ def runs(profile: Profile, data_dir: Path, out_dir: Path, sizes: str = "selfdebl
                            show_every=show, save_every=5 * show, quiet=True, reuse=True,
                            crop=profile.crop, out_dir=str(out_dir),
                            kernel=str(true_kernel(data_dir, k, out_dir)),
-                           **schedule(profile.num_iter))  # fmt: skip
+                           **schedule(profile.num_iter), **settings)  # fmt: skip
         name = blind_name(case, size, sizes)
         out[name] = dataclasses.replace(common, task="blind-deblur", ckpt=name,
                                         kernel_size=case.given_size(size, sizes))  # fmt: skip
@@ -271,6 +280,10 @@ def measure(argv: list[str] | None) -> int:
                    help="the kernel size given to the blind runs: selfdeblur (its hard-coded "
                    "sizes, 2 px below the file's but kernel 4) or file (the kernel file's "
                    "side, this code's earlier setting)")  # fmt: skip
+    p.add_argument("--no_nonlocal", action="store_true",
+                   help="every run's generator without SelfDeblur's non-local blocks")  # fmt: skip
+    p.add_argument("--ssim_padding", choices=SSIM_PADDINGS, default="zero",
+                   help="the SSIM of the loss: zero (SelfDeblur's) or valid")  # fmt: skip
     p.add_argument("--table", action="store_true", help="score the finished runs only")
     p.add_argument("--dry_run", action="store_true", help="print the command lines only")
     p.add_argument("--orientation", action="store_true",
@@ -290,7 +303,9 @@ def measure(argv: list[str] | None) -> int:
     code = 0
     if not args.table:
         configs = [dataclasses.replace(cfg, gpu=args.gpu)
-                   for name, cfg in runs(profile, data_dir, out_dir, args.kernel_sizes).items()
+                   for name, cfg in runs(profile, data_dir, out_dir, args.kernel_sizes,
+                                         no_nonlocal=args.no_nonlocal,
+                                         ssim_padding=args.ssim_padding).items()
                    if args.only is None or args.only in name]  # fmt: skip
         if args.dry_run:
             print("\n".join("python denoising.py " + shlex.join(to_argv(c)) for c in configs))
