@@ -83,7 +83,7 @@ class FitError(Observer):
         self.register_buffer("target", targets)
         self.register_buffer("mse", torch.full((targets.shape[0],), float("nan")))
 
-    def update(self, iteration: int, x: Tensor) -> None:
+    def update(self, iteration: int, x: Tensor, loss: Tensor | None = None) -> None:
         self.mse.copy_((x - self.target).square().flatten(1).mean(1))
 
     def columns(self) -> dict[str, Tensor]:

@@ -1,12 +1,17 @@
 """Blind deblurring on Levin et al.'s set (CVPR 2009: 4 gray images x 8 motion kernels, from
 SelfDeblur's repository; ../shared/data/levin). For each case, SelfDeblur (--task blind-deblur,
-its settings, the kernel size given = the true kernel's, or larger for an over-specified case)
-and non-blind deconvolution with the true kernel by the same engine and image generator (--task
-deblur), both scored as Levin et al. score them (utils.metrics.align: the sub-pixel shift that
-best aligns the estimate with the ground truth, then a 15-pixel border crop), with the error
-ratio SSD(blind) / SSD(true kernel) (utils.metrics.error_ratio).
+its settings; the kernel size given is SelfDeblur's for that kernel, hard-coded in its
+selfdeblur_levin.py:54-69: 17, 15, 13, 27, 11, 19, 21, 21 for kernels 1-8, the kernel file's side
+less its 2-pixel zero border except kernel 4; ``--kernel_sizes file``: the file's side; larger
+for an over-specified case) and non-blind deconvolution with the true kernel by the same engine
+and image generator (--task deblur), both scored as Levin et al. score them
+(utils.metrics.align: the sub-pixel shift that best aligns the estimate with the ground truth,
+then a 15-pixel border crop), with both error ratios (utils.metrics.error_ratio): Levin et al.'s
+SSD(blind) / SSD(true kernel) and SelfDeblur's ratio of spectral norms (statistic_levin.m:103),
+and the share of cases below 3 of each.
 
     OMP_NUM_THREADS=1 python -m benchmarks.levin --profile quick --gpu cpu   # a 2-core CPU
+    python -m benchmarks.levin --kernel_sizes file --no_nonlocal --ssim_padding valid  # before
     python -m benchmarks.levin --profile full --gpu 0     # SelfDeblur's setting, for a GPU
     python -m benchmarks.levin --profile full --dry_run   # its denoising.py command lines
     python -m benchmarks.levin --profile quick --table    # score the finished runs only
@@ -35,32 +40,46 @@ from tasks import TASKS
 from utils import ArgumentParser, InputError, guarded
 from utils.images import SHARED_DATA
 from utils.io import atomic_write, check_writable, save_csv
-from utils.metrics import LEVIN_SHIFT, align, error_ratio
+from utils.metrics import (
+    ERROR_RATIOS,
+    LEVIN_SHIFT,
+    SSIM_PADDINGS,
+    align,
+    error_ratio,
+    success_share,
+)
 from utils.rundir import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES, KERNELS = range(1, 5), range(1, 9)
 SELFDEBLUR = TASKS["blind-deblur"].defaults  # 5000 iterations, l2 then 1 - SSIM, the milestones
+# The kernel sizes SelfDeblur gives its blind runs (selfdeblur_levin.py:54-69), kernels 1 to 8.
+SELFDEBLUR_SIZES = {1: 17, 2: 15, 3: 13, 4: 27, 5: 11, 6: 19, 7: 21, 8: 21}
+KERNEL_SIZES = ("selfdeblur", "file")  # --kernel_sizes
+THRESHOLD = 3.0  # Levin et al.'s success: an error ratio below 3
 
 
 @dataclass(frozen=True)
 class Case:
     """Image ``image`` blurred by kernel ``kernel``; ``oversize``: the kernel size given to the
-    blind run over the true one (1: SelfDeblur's setting; Zhuang et al. over-specify it)."""
+    blind run over the file's (1: SelfDeblur's setting; Zhuang et al. over-specify it)."""
 
     image: int
     kernel: int
     oversize: float = 1.0
 
-    def given_size(self, true: int) -> int:
-        """The odd size at or above round(true × oversize) (the true size when oversize is 1)."""
+    def given_size(self, true: int, sizes: str = "selfdeblur") -> int:
+        """SelfDeblur's size for the kernel (``sizes`` selfdeblur) or the file's side ``true``
+        (file) when oversize is 1; else the odd size at or above round(true × oversize)."""
+        if self.oversize == 1:
+            return SELFDEBLUR_SIZES[self.kernel] if sizes == "selfdeblur" else true
         n = round(true * self.oversize)
         return n + 1 - n % 2
 
-    def max_shift(self, true: int) -> float:
-        """Levin's 5 px, plus the room an over-specified kernel leaves the estimate to sit
-        off-centre in its box (x shifts by as much as the kernel, the other way)."""
-        return LEVIN_SHIFT + (self.given_size(true) - true) / 2
+    def max_shift(self, true: int, sizes: str = "selfdeblur") -> float:
+        """Levin's 5 px, plus the room a kernel box larger than the file's leaves the estimate
+        to sit off-centre in it (x shifts by as much as the kernel, the other way)."""
+        return LEVIN_SHIFT + max(0, self.given_size(true, sizes) - true) / 2
 
 
 @dataclass(frozen=True)
@@ -144,10 +163,13 @@ def schedule(num_iter: int) -> dict:
             "lr_milestones": ",".join(map(str, milestones))}  # fmt: skip
 
 
-def runs(profile: Profile, data_dir: Path, out_dir: Path) -> dict[str, RunConfig]:
-    """The configs of every run by its name: each case's blind run and its image-and-kernel's
-    non-blind run (shared by an exact and an over-specified case), both with the task's
-    (SelfDeblur's) defaults. Writes the true kernels they name (``true_kernel``)."""
+def runs(profile: Profile, data_dir: Path, out_dir: Path, sizes: str = "selfdeblur",
+         **settings) -> dict[str, RunConfig]:  # fmt: skip
+    """The configs of every run by its name: each case's blind run (the kernel size of
+    ``sizes``) and its image-and-kernel's non-blind run (shared by an exact and an
+    over-specified case), both with the task's (SelfDeblur's) defaults, then ``settings``
+    (``--no_nonlocal``, ``--ssim_padding valid``: this code's earlier generator and loss).
+    Writes the true kernels they name (``true_kernel``)."""
     out = {}
     for case in profile.cases:
         i, k, size = case.image, case.kernel, true_size(data_dir, case.kernel)
@@ -157,44 +179,48 @@ def runs(profile: Profile, data_dir: Path, out_dir: Path) -> dict[str, RunConfig
                            show_every=show, save_every=5 * show, quiet=True, reuse=True,
                            crop=profile.crop, out_dir=str(out_dir),
                            kernel=str(true_kernel(data_dir, k, out_dir)),
-                           **schedule(profile.num_iter))  # fmt: skip
-        name = blind_name(case, size)
+                           **schedule(profile.num_iter), **settings)  # fmt: skip
+        name = blind_name(case, size, sizes)
         out[name] = dataclasses.replace(common, task="blind-deblur", ckpt=name,
-                                        kernel_size=case.given_size(size))  # fmt: skip
+                                        kernel_size=case.given_size(size, sizes))  # fmt: skip
         out[f"deblur_im{i}_k{k}"] = dataclasses.replace(common, task="deblur",
                                                         ckpt=f"deblur_im{i}_k{k}")  # fmt: skip
     return out
 
 
-def blind_name(case: Case, true: int) -> str:
-    return f"blind_im{case.image}_k{case.kernel}_n{case.given_size(true)}"
+def blind_name(case: Case, true: int, sizes: str = "selfdeblur") -> str:
+    return f"blind_im{case.image}_k{case.kernel}_n{case.given_size(true, sizes)}"
 
 
-def score(profile: Profile, data_dir: Path, out_dir: Path) -> list[dict]:
-    """One row per finished case: PSNR/SSIM of the last iterates after the alignment and crop
+def score(profile: Profile, data_dir: Path, out_dir: Path, sizes: str = "selfdeblur"
+          ) -> list[dict]:  # fmt: skip
+    """One row per finished case: PSNR/SSIM of the last iterates (read back from their 8-bit
+    PNGs, as SelfDeblur's evaluation reads its saved images) after the alignment and crop
     (``align``, its search widened for an over-specified kernel: ``Case.max_shift``) and of the
-    blurred observation (Levin's search), the error ratio, the estimated kernel's correlation
-    with the true one, the blind run's unaligned PSNR (on the whole crop, as its report has
-    it)."""
+    blurred observation (Levin's search), both error ratios (``ERROR_RATIOS``: Levin et al.'s
+    SSD ratio, SelfDeblur's spectral one), the estimated kernel's correlation with the true one,
+    the blind run's unaligned PSNR (on the whole crop, as its report has it)."""
     rows = []
     for case in profile.cases:
         size = true_size(data_dir, case.kernel)
-        blind = RunDir(out_dir, blind_name(case, size))
+        blind = RunDir(out_dir, blind_name(case, size, sizes))
         known = RunDir(out_dir, f"deblur_im{case.image}_k{case.kernel}")
         if blind.config() is None or known.config() is None:
             continue
-        m = case.max_shift(size)
+        m = case.max_shift(size, sizes)
         a, b = (align(r.image("last"), r.image("clean"), max_shift=m) for r in (blind, known))
         blurred = align(known.image("noisy"), known.image("clean"))  # the observation itself
         report = blind.config()["report"]
         rows.append({
             "image": case.image, "kernel": case.kernel, "true_size": size,
             "kernel_rotated": rotated(data_dir, case.kernel),
-            "given_size": case.given_size(size), "max_shift": m,
+            "given_size": case.given_size(size, sizes), "oversize": case.oversize,
+            "max_shift": m,
             "blurred_psnr": round(blurred.psnr(), 2), "blurred_ssim": round(blurred.ssim(), 4),
             "blind_psnr": round(a.psnr(), 2), "blind_ssim": round(a.ssim(), 4),
             "deblur_psnr": round(b.psnr(), 2), "deblur_ssim": round(b.ssim(), 4),
-            "error_ratio": round(error_ratio(a, b), 3),
+            **{f"error_ratio_{kind}": round(error_ratio(a, b, kind), 3)
+               for kind in ERROR_RATIOS},
             "kernel_correlation": round(report["kernel_correlation"], 3),
             "blind_shift_rows": a.shift[0], "blind_shift_cols": a.shift[1],
             "blind_psnr_unaligned": round(report["final_psnr"], 2),
@@ -203,28 +229,37 @@ def score(profile: Profile, data_dir: Path, out_dir: Path) -> list[dict]:
 
 
 MEANS = ("blurred_psnr", "blurred_ssim", "blind_psnr", "blind_ssim", "deblur_psnr",
-         "deblur_ssim", "error_ratio", "kernel_correlation")  # fmt: skip
+         "deblur_ssim", *(f"error_ratio_{kind}" for kind in ERROR_RATIOS),
+         "kernel_correlation")  # fmt: skip
 
 
 def table(rows: list[dict]) -> str:
-    """Markdown: one line per case, then the means over the cases of the true kernel size."""
-    head = ["image", "kernel (size)", "given size", "blurred PSNR / SSIM", "SelfDeblur PSNR / SSIM",
-            "true kernel PSNR / SSIM", "error ratio", "kernel corr."]  # fmt: skip
+    """Markdown: one line per case, then the means over the cases of the size rule (not
+    over-specified) and the share of those cases whose error ratio is below 3, for each ratio:
+    Levin et al.'s SSD ratio and SelfDeblur's spectral-norm ratio."""
+    head = ["image", "kernel (file size)", "given size", "blurred PSNR / SSIM",
+            "SelfDeblur PSNR / SSIM", "true kernel PSNR / SSIM", "error ratio, SSD (Levin)",
+            "error ratio, spectral (SelfDeblur)", "kernel corr."]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def line(r: dict, image: str, kernel: str, size: str) -> str:
         pairs = " | ".join(f"{r[f'{run}_psnr']:.2f} / {r[f'{run}_ssim']:.3f}"
                            for run in ("blurred", "blind", "deblur"))  # fmt: skip
-        return (f"| {image} | {kernel} | {size} | {pairs} | {r['error_ratio']:.2f} | "
-                f"{r['kernel_correlation']:.3f} |")  # fmt: skip
+        ratios = " | ".join(f"{r[f'error_ratio_{kind}']:.2f}" for kind in ERROR_RATIOS)
+        corr = f"{r['kernel_correlation']:.3f}"
+        return f"| {image} | {kernel} | {size} | {pairs} | {ratios} | {corr} |"
 
     for r in rows:
         lines.append(line(r, f"im{r['image']}", f"{r['kernel']} ({r['true_size']})",
                           str(r["given_size"])))  # fmt: skip
-    exact = [r for r in rows if r["given_size"] == r["true_size"]]
+    exact = [r for r in rows if float(r["oversize"]) == 1]
     if exact:
         mean = {key: float(np.mean([r[key] for r in exact])) for key in MEANS}
-        lines.append(line(mean, f"mean of {len(exact)}", "", "true"))
+        lines.append(line(mean, f"mean of {len(exact)}", "", ""))
+        shares = " | ".join(
+            f"{100 * success_share(r[f'error_ratio_{kind}'] for r in exact):.0f}%"
+            for kind in ERROR_RATIOS)  # fmt: skip
+        lines.append(f"| below {THRESHOLD:g} | | | | | | {shares} | |")
     return "\n".join(lines)
 
 
@@ -241,6 +276,14 @@ def measure(argv: list[str] | None) -> int:
     p.add_argument("--gpu", default=None)
     p.add_argument("--only", default=None, help="run only the runs whose name contains this")
     p.add_argument("--batch", type=int, default=1, help="runs of one shape sharing a loop")
+    p.add_argument("--kernel_sizes", choices=KERNEL_SIZES, default="selfdeblur",
+                   help="the kernel size given to the blind runs: selfdeblur (its hard-coded "
+                   "sizes, 2 px below the file's but kernel 4) or file (the kernel file's "
+                   "side, this code's earlier setting)")  # fmt: skip
+    p.add_argument("--no_nonlocal", action="store_true",
+                   help="every run's generator without SelfDeblur's non-local blocks")  # fmt: skip
+    p.add_argument("--ssim_padding", choices=SSIM_PADDINGS, default="zero",
+                   help="the SSIM of the loss: zero (SelfDeblur's) or valid")  # fmt: skip
     p.add_argument("--table", action="store_true", help="score the finished runs only")
     p.add_argument("--dry_run", action="store_true", help="print the command lines only")
     p.add_argument("--orientation", action="store_true",
@@ -265,7 +308,9 @@ def measure(argv: list[str] | None) -> int:
     code = 0
     if not args.table:
         configs = [dataclasses.replace(cfg, gpu=args.gpu)
-                   for name, cfg in runs(profile, data_dir, out_dir).items()
+                   for name, cfg in runs(profile, data_dir, out_dir, args.kernel_sizes,
+                                         no_nonlocal=args.no_nonlocal,
+                                         ssim_padding=args.ssim_padding).items()
                    if args.only is None or args.only in name]  # fmt: skip
         if args.dry_run:
             print("\n".join("python denoising.py " + shlex.join(to_argv(c)) for c in configs))
@@ -274,7 +319,7 @@ def measure(argv: list[str] | None) -> int:
         if failed:
             print(f"error: {len(failed)} runs failed: {', '.join(failed)}", file=sys.stderr)
             code = 1
-    rows = score(profile, data_dir, out_dir)
+    rows = score(profile, data_dir, out_dir, args.kernel_sizes)
     if rows:
         save_csv(csv, list(rows[0]), (r.values() for r in rows))
     print(table(rows))

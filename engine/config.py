@@ -17,18 +17,20 @@ from typing import Any
 
 from models import PRIORS
 from tasks import TASKS
+from tasks.operators import DOWNSAMPLERS
 from utils import InputError
 from utils.images import DEFAULT_DATA_DIR
 from utils.losses import LOSS_NAMES
+from utils.metrics import SSIM_PADDINGS
 from utils.noise import NOISES
-from utils.stopping import RULES
+from utils.stopping import EMV_IMAGES, RULES
 
 REFERENCE_NUMEL = 3 * 512 * 512  # image size at which the public lr_c = 500 was tuned
 LR_C_SCALINGS = ("none", "n", "sqrt")
 METHODS = ("dop", "dip")  # with the sparse term g⊙g − h⊙h, or the prior alone
 # Settings neither the prior nor the task fills (either may set any of them).
 GENERIC_DEFAULTS = {"method": "dop", "num_iter": 150_000, "lr_milestones": "", "width": 128,
-                    "loss": "l2", "tv": 0.0}  # fmt: skip
+                    "loss": "l2", "tv": 0.0, "stop": "none"}  # fmt: skip
 RESOLVED = (*GENERIC_DEFAULTS, "alg", "lr", "reg_noise_std")  # never None once resolved
 
 
@@ -96,6 +98,12 @@ class RunConfig:
         per_run=True)  # fmt: skip
     factor: int = setting(4, "sr: the downsampling factor s (it must divide the image's sides)",
                           TASK)  # fmt: skip
+    downsampler: str | None = setting(
+        None, "sr: the model's x1/s downsampling: bicubic (antialiased, the kernel that makes the "
+        "observation) or lanczos2 (the Deep Image Prior's Lanczos-2 kernel, a strided "
+        "convolution, as the random projector's code fits it; the observation stays bicubic) "
+        "(default: bicubic; lanczos2 for --prior drp, its code's)", TASK, type=str,
+        choices=tuple(DOWNSAMPLERS))  # fmt: skip
     kernel: str | None = setting(
         None, "deblur: the blur kernel, a gray image normalised to sum 1; blind-deblur: the true "
         "kernel that makes a synthetic observation (and is compared with the estimate)", TASK,
@@ -103,6 +111,10 @@ class RunConfig:
     kernel_size: int | None = setting(
         None, "blind-deblur: the side N of the estimated N x N kernel (default: the size of "
         "--kernel; larger than the true kernel is allowed)", TASK, type=int)  # fmt: skip
+    no_nonlocal: bool = setting(
+        False, "deblur, blind-deblur: the plain skip net as the image generator, without the "
+        "three dot-product non-local blocks of SelfDeblur's (default: with them, as its "
+        "networks/skip.py)", TASK)  # fmt: skip
     # --- the model
     method: str | None = setting(
         None, "dop: y ~ A(x) + g*g - h*h (the sparse term absorbs outliers); dip: y ~ A(x) "
@@ -126,9 +138,14 @@ class RunConfig:
         "l2_then_ssim (l2, then 1 - SSIM after --loss_switch iterations: SelfDeblur's) "
         "(default: the prior's and the task's; l2, the random projector rmse, deblurring "
         "l2_then_ssim)", MODEL, type=str, choices=LOSS_NAMES)  # fmt: skip
+    ssim_padding: str = setting(
+        "zero", "--loss l2_then_ssim: the SSIM map of its 1 - SSIM: zero (SelfDeblur's SSIM.py: "
+        "windows zero-padded at the border, a map of the image's size) or valid (only windows "
+        "inside the image, as the metric)", MODEL, choices=SSIM_PADDINGS)  # fmt: skip
     tv: float | None = setting(
         None, "weight of the total-variation penalty of x added to the loss (default: the "
-        "prior's; 0, the random projector 0.45)", MODEL, type=float)  # fmt: skip
+        "prior's and the task's; 0, the random projector 0.45, on inpainting 0.01, on sr "
+        "0.75)", MODEL, type=float)  # fmt: skip
     # --- optimisation
     alg: str | None = setting(
         None, "optimizer: sgd (no momentum) or adam (default: the prior's; sgd for skip)",
@@ -158,15 +175,21 @@ class RunConfig:
         None, "std of the fresh input perturbation eta (default: the prior's; 1/30 for skip)",
         OPTIM, type=float)  # fmt: skip
     # --- early stopping and smoothing
-    stop: str = setting(
-        "none", "stop when a rule detects the peak, without ground truth (utils/stopping.py): "
+    stop: str | None = setting(
+        None, "stop when a rule detects the peak, without ground truth (utils/stopping.py): "
         "wmv (ES-WMV: the variance over a window of outputs) or emv (ES-EMV: its exponential "
-        "moving version); the image at the detected iteration is CKPT_stopped.png", STOP,
-        choices=("none", *RULES))  # fmt: skip
+        "moving version); or find_best (the deep decoder's: keep the net after the last step "
+        "that lowered the training loss below best/1.005; never stops a run); the image the "
+        "rule chose is CKPT_stopped.png (default: none; find_best for --prior decoder, its "
+        "code's)", STOP, type=str, choices=("none", *RULES))  # fmt: skip
     stop_window: int = setting(100, "ES-WMV's window W (and ES-EMV's burn-in)", STOP)
     stop_patience: int = setting(
         1000, "stop after P iterations without a new variance minimum", STOP)  # fmt: skip
     stop_decay: float = setting(0.1, "ES-EMV's moving-average weight a", STOP)
+    stop_emv_image: str = setting(
+        "average", "ES-EMV's detected image: average (its moving average at the detected "
+        "iteration, whose PSNR the ES-EMV notebook plots) or raw (the output x there)", STOP,
+        choices=EMV_IMAGES)  # fmt: skip
     stop_observe: bool = setting(
         False, "do not stop: run to --num_iter while every rule (wmv and emv) watches, and record "
         "what each would have detected (the comparison table's mode)", STOP)  # fmt: skip
@@ -260,9 +283,9 @@ class RunConfig:
         unused |= {"lr_c", "lr_c_scaling"} if cfg.method != "dop" else set()
         unused |= {"mixture_sigma"} if cfg.noise != "mixture" else set()
         if cfg.stop == "none":
-            unused |= {"stop_window", "stop_patience", "stop_decay"}
+            unused |= {"stop_window", "stop_patience", "stop_decay", "stop_emv_image"}
         unused |= {"task"} if TASKS[cfg.task].default else set()  # as every run before tasks
-        unused |= {"loss_switch"} if cfg.loss != "l2_then_ssim" else set()
+        unused |= {"loss_switch", "ssim_padding"} if cfg.loss != "l2_then_ssim" else set()
         unused |= {"lr_milestones", "lr_gamma"} if not cfg.lr_milestones else set()
         unused |= {"tv"} if not cfg.tv else set()  # every run before the TV penalty
         return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
@@ -306,7 +329,7 @@ class RunConfig:
             (self.stop_window < 1 or self.stop_patience < 1,
              "--stop_window and --stop_patience must be >= 1"),
             (not 0 < self.stop_decay < 1, "--stop_decay must be in (0, 1)"),
-            (self.stop_observe and self.stop == "none",
+            (self.stop_observe and self.stop in (None, "none"),
              "--stop_observe measures a rule: give --stop wmv or emv"),
             (self.ema is not None and not 0 <= self.ema < 1, "--ema must be in [0, 1)"),
             (self.show_every < 1 or self.save_every < 1 or self.save_every % self.show_every,

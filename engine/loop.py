@@ -51,7 +51,7 @@ from models import PRIORS, Prior, SparseTerm
 from tasks import TASKS
 from tasks.operators import Operator
 from utils.losses import objective
-from utils.metrics import METRICS
+from utils.metrics import METRICS, OraclePeak
 from utils.observers import MovingAverage, Observer
 from utils.seeding import derive_seed
 from utils.state import generator_device, is_finite, stack_states, unstack_state
@@ -91,10 +91,10 @@ def build_model(
     streams of its own seed, on the CPU (so the draws do not depend on the device). The sparse
     term has the shape of the observation A(x). The prior's constructor gets the options it
     takes from ``cfg`` (``Prior.options``: the lottery prior's ``--mask``), those of the task
-    for it (``Task.prior_options``: SelfDeblur's skip net), then ``prior_options``."""
+    for it (``Task.options``: SelfDeblur's skip net), then ``prior_options``."""
     require_resolved(cfg)
     kind = PRIORS[cfg.prior]
-    options = kind.options(cfg) | TASKS[cfg.task].prior_options.get(cfg.prior, {}) | prior_options
+    options = kind.options(cfg) | TASKS[cfg.task].options(cfg, cfg.prior) | prior_options
     prior = kind(image_shape, width=cfg.width, seeds=seeds, pad=cfg.pad, **options)
     operator = operator if operator is not None else Operator()
     observed = operator.output_shape(image_shape)
@@ -116,7 +116,7 @@ def stopping_observers(cfg: RunConfig, shape: Sequence[int], dtype: torch.dtype
     observers: list[Observer] = [] if cfg.ema is None else [MovingAverage(cfg.ema, shape, dtype)]
     names = RULES if cfg.stop_observe else [name for name in (cfg.stop,) if name in RULES]
     rules = stopping_rules(names, cfg.stop_window, cfg.stop_patience, cfg.stop_decay, shape,
-                           dtype)  # fmt: skip
+                           dtype, cfg.stop_emv_image)  # fmt: skip
     return observers + rules
 
 
@@ -251,6 +251,7 @@ class FitResult:
     stopped_at: int | None = None  # the logged row at which the stopping rule was seen fired
     estimates: dict[str, np.ndarray] = field(default_factory=dict)  # observers' at that row
     detections: dict[str, dict] = field(default_factory=dict)  # each rule's StoppingRule.outcome
+    peaks: dict[str, float | int] = field(default_factory=dict)  # OraclePeak's (with a clean image)
     log_seconds: list[float] = field(default_factory=list)  # loop time at this call's rows
 
 
@@ -261,6 +262,7 @@ class Loop:
     model: Model
     optimizer: torch.optim.Optimizer
     observers: nn.ModuleList
+    oracle: OraclePeak | None  # every iteration's best PSNR (with a clean image): an oracle
     stop: StoppingRule | None  # the rule that ends runs (None: no rule, or --stop_observe)
     cfg: RunConfig
     speed: Speed
@@ -318,7 +320,11 @@ def fit_batch(
 
     Logs every run's loss, observers' columns and (with ``clean``) metrics at every multiple of
     ``show_every`` and at the last iteration, for x of that iteration's forward pass (before its
-    step), as the public code does; these rows are the loop's only host-device syncs.
+    step), as the public code does; these rows are the loop's only host-device syncs. With
+    ``clean``, the best PSNR of x and of every observer's estimate over every iteration is kept
+    on the device too (``OraclePeak``: an oracle). The observers see each iteration's x and
+    losses; one that waits for the image of the net after the last step (find_best) gets it from
+    one more forward pass without η after the loop.
     ``checkpoint`` receives the K runs' states (each a single run's, in host memory; None for a
     run whose last checkpoint must be kept) every ``save_every`` iterations and at the end;
     passing them back continues the runs, batched or one by one, on the same device type: on
@@ -342,7 +348,8 @@ def fit_batch(
                 set_learning_rates(loop.optimizer, cfg, j)
             x, losses = evaluate(loop, forward, j)
             for observer in loop.observers:
-                observer.update(j, x)
+                observer.update(j, x, losses.detach())
+            track_peaks(loop, j, x)
             if j % cfg.show_every == 0 or j == cfg.num_iter - 1:
                 log_row(loop, j, x, losses, time.perf_counter() - t0, bar)
                 if all(d is not None for d in loop.diverged_at):
@@ -355,11 +362,33 @@ def fit_batch(
             if not loop.live():  # every run stopped (or diverged) at this row
                 done = j + 1
                 break
+        finish_pending(loop, forward, done)
     bar.close()
     seconds = time.perf_counter() - t0
     if checkpoint is not None:
         checkpoint(snapshot(loop, done))
     return results(loop, done, seconds)
+
+
+def track_peaks(loop: Loop, j: int, x: Tensor) -> None:
+    """Every iteration's PSNR of x and of the observers' estimates into ``loop.oracle``."""
+    if loop.oracle is None:
+        return
+    images = {"": x} | {f"_{o.name}": e for o in loop.observers if (e := o.estimate()) is not None}
+    loop.oracle.update(j, images, loop.clean)
+
+
+def finish_pending(loop: Loop, forward: Callable, steps: int) -> None:
+    """The image of the net after the last of ``steps`` steps, for the observers that wait for
+    it (``Observer.pending``): one forward pass without η (after the loop, one host sync)."""
+    waiting = [o for o in loop.observers if (p := o.pending()) is not None and bool(p.any())]
+    if not waiting:
+        return
+    with torch.no_grad(), torch.autocast(loop.y.device.type, torch.bfloat16,
+                                         enabled=loop.speed.bf16):  # fmt: skip
+        x, _ = forward(None)
+    for observer in waiting:
+        observer.finish(steps, x.to(loop.y.dtype))
 
 
 def start_loop(
@@ -381,6 +410,8 @@ def start_loop(
     x_shape = (runs, *operator.crop_shape(operator.input_shape(y.shape[1:])))
     observers = [*stopping_observers(cfg, x_shape, y.dtype), *observers]
     speed = speed or Speed.of(cfg.fast, device, cfg.low_memory, deterministic=cfg.deterministic)
+    estimates = [f"_{o.name}" for o in observers if o.estimate() is not None]
+    oracle = None if clean is None else OraclePeak(["", *estimates], runs).to(device)
     if speed.channels_last:  # the prior's activations; η is drawn in the standard layout
         model.prior.to(memory_format=torch.channels_last)
     model.prior.checkpoint_activations(speed.checkpoint)
@@ -390,7 +421,8 @@ def start_loop(
     )  # fmt: skip
     loop = Loop(
         model=model, optimizer=make_optimizer(model, cfg, speed),
-        observers=nn.ModuleList(observers).to(device), stop=stop, cfg=cfg, speed=speed, y=y,
+        observers=nn.ModuleList(observers).to(device), oracle=oracle, stop=stop, cfg=cfg,
+        speed=speed, y=y,
         clean=clean,
         generators=[torch.Generator(device).manual_seed(derive_seed(s, "eta")) for s in seeds],
         eta=torch.empty(model.prior.input.shape, device=device, dtype=model.prior.input.dtype)
@@ -414,6 +446,8 @@ def restore(loop: Loop, states: Sequence[dict]) -> None:
                          "a generator's state restores only on its own device type")  # fmt: skip
     loop.model.load_state_dict(stack_states([s["model"] for s in states]))
     loop.observers.load_state_dict(stack_states([s["observers"] for s in states]))
+    if loop.oracle is not None and all("oracle" in s for s in states):  # (not in older states)
+        loop.oracle.load_state_dict(stack_states([s["oracle"] for s in states]))
     optimizer_state = stack_states([s["optimizer"] for s in states])
     # This call's kernels, not the checkpoint's: set before loading, because loading decides
     # from them where Adam keeps its step counters (on the device only for fused kernels).
@@ -461,7 +495,7 @@ def evaluate(loop: Loop, forward: Callable, j: int = 0) -> tuple[Tensor, Tensor]
     x = x.to(loop.y.dtype)  # the loss, the metrics and the observers are fp32 under bf16
     cfg = loop.cfg
     losses = objective(prediction.to(loop.y.dtype), loop.y, x, j, loss=cfg.loss, tv=cfg.tv,
-                       loss_switch=cfg.loss_switch)  # fmt: skip
+                       loss_switch=cfg.loss_switch, ssim_padding=cfg.ssim_padding)  # fmt: skip
     return x.detach(), losses
 
 
@@ -514,6 +548,7 @@ def snapshot(loop: Loop, iteration: int) -> list[dict | None]:
     optimizers = unstack_state(loop.optimizer.state_dict(), runs)
     observers = unstack_state(loop.observers.state_dict(), runs)
     unset = {f"{i}.{name}" for i, o in enumerate(loop.observers) for name in o.unset}
+    oracle = None if loop.oracle is None else unstack_state(loop.oracle.state_dict(), runs)
     states: list[dict | None] = []
     for k in range(runs):
         stopped = loop.stopped_at[k]
@@ -530,6 +565,7 @@ def snapshot(loop: Loop, iteration: int) -> list[dict | None]:
             "optimizer": optimizers[k], "observers": observers[k],
             "generator": loop.generators[k].get_state(),
             "eta_device": loop.generators[k].device.type,
+            **({} if oracle is None else {"oracle": oracle[k]}),
             # Rows on the show_every grid only: a final off-grid row is redone if it goes on.
             "history": [r for r in loop.histories[k] if r["iteration"] % loop.cfg.show_every == 0],
         })  # fmt: skip
@@ -550,6 +586,7 @@ def results(loop: Loop, done: int, seconds: float) -> list[FitResult]:
             steps=done - loop.start, diverged_at=diverged, stopped_at=stopped,
             estimates={name: e.cpu().numpy() for name, e in estimates.items()},
             detections={rule.name: rule.outcome(k) for rule in rules},
+            peaks={} if loop.oracle is None or stopped is not None else loop.oracle.outcome(k),
             log_seconds=loop.log_seconds,
         ))  # fmt: skip
     return out

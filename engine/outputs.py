@@ -106,6 +106,9 @@ def finish(rundir: RunDir, cfg: RunConfig, observation: Observation, result: Fit
                    f"{report['oracle_best_iteration']})")  # fmt: skip
     else:
         quality = f"loss {report['final_loss']:.4g} at iteration {report['final_iteration']}"
+    if f"{cfg.stop}_psnr" in report:  # the image the rule chose (find_best: the decoder's)
+        quality += (f"; --stop {cfg.stop}: PSNR {report[f'{cfg.stop}_psnr']:.2f} dB at iteration "
+                    f"{report[f'{cfg.stop}_detected_iteration']}")  # fmt: skip
     size = context["batch_size"]
     print(f"{cfg.ckpt}: last iterate {quality}, {report['iterations_per_s']} it/s"
           + (f" for a batch of {size}" if size > 1 else "")
@@ -135,7 +138,9 @@ def save_images(rundir: RunDir, cfg: RunConfig, result: FitResult,
 def make_report(cfg: RunConfig, observation: Observation, result: FitResult, context: dict
                 ) -> dict:  # fmt: skip
     """The outcome: status, timing, the last iterate's row and, with a clean image, the
-    oracle's best row (it uses the ground truth: reported for the curves, never a result)."""
+    oracle's best row and the best PSNR of x and of each observer's estimate over every
+    iteration (``oracle_every_iteration_*``; they use the ground truth: reported for the curves
+    and for papers that report them, never a result)."""
     last, lr_c = result.history[-1], context["steps"].get("sparse")
     status = "stopped" if result.stopped_at is not None else "finished"
     report = {
@@ -154,6 +159,7 @@ def make_report(cfg: RunConfig, observation: Observation, result: FitResult, con
         best = max(result.history, key=lambda row: row["psnr"])
         report |= {"oracle_best_psnr_vs_clean": best["psnr"],
                    "oracle_best_iteration": best["iteration"]}  # fmt: skip
+    report |= result.peaks
     return report | detection_report(result, observation.clean, report)
 
 
@@ -167,8 +173,11 @@ def detection_report(result: FitResult, clean: np.ndarray | None, report: dict) 
         out |= {f"{rule}_detected_iteration": found["detected_iteration"],
                 f"{rule}_fired_at": found["fired_at"]}  # fmt: skip
         if clean is not None and found["detected_iteration"] >= 0:
-            pair = [torch.from_numpy(a)[None] for a in (found["image"], clean)]
-            out |= {f"{rule}_{name}": metric(*pair).item() for name, metric in METRICS.items()}
+            others = {f"_{name}": image for name, image in found["others"].items()}
+            for suffix, image in ({"": found["image"]} | others).items():
+                pair = [torch.from_numpy(a)[None] for a in (image, clean)]
+                out |= {f"{rule}{suffix}_{name}": metric(*pair).item()
+                        for name, metric in METRICS.items()}  # fmt: skip
     if clean is not None and result.detections:
         peak = max(report["oracle_best_psnr_vs_clean"],
                    *(out.get(f"{rule}_psnr", -math.inf) for rule in result.detections))  # fmt: skip

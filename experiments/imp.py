@@ -3,13 +3,17 @@
 
 Train the net (the lottery prior over the current mask) for ``num_iter`` iterations on the
 target, prune 20% of the surviving convolution weights globally by magnitude (biases and
-BatchNorm are not pruned), rewind the survivors to their initial values (or, ``rewind_iter`` r,
-to their values at iteration r of the first round), repeat ``rounds`` times: sparsity 1 − 0.8^k
-after round k. Round k's mask is OUT_DIR/CKPT_mask_k.pt (k = 0: the dense net), beside it
-CKPT_random_k.pt, a random mask with the same number of pruned weights in every layer over the
-same starting weights (the baseline), and CKPT_imp.json, the search's settings and each round's
-outcome. The target is the noisy observation by default (no ground truth); ``target="clean"``
-uses the clean image, as the paper's code does, and is labelled oracle wherever it is recorded.
+BatchNorm are not pruned; the two convolutions that read z are ranked but never pruned, as the
+public code: ``models.lip.INPUT_CONVS``), rewind the survivors to their initial values (or,
+``rewind_iter`` r, to their values at iteration r of the first round), repeat ``rounds`` times,
+a new z every round (the public code draws one in its round loop, 3_init_LTH_IMP_Clean_DIP.py:154).
+Round k's mask is OUT_DIR/CKPT_mask_k.pt (k = 0: the dense net), beside it CKPT_random_k.pt, a
+random mask with the same number of pruned weights in every layer over the same starting weights
+(the baseline), and CKPT_imp.json, the search's settings and each round's outcome. The public
+code's defaults: 16 rounds on the **clean** image (an oracle: it uses the ground truth, labelled
+so wherever it is recorded); ``target="noisy"`` fits the observation instead (no ground truth),
+``prune_input_convs`` prunes every convolution to exactly 1 − 0.8^k (``prune_count``), and
+``redraw_z=False`` keeps one z for every round: this code's earlier choices.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from engine.device import pick_device
 from engine.loop import build_model, fit_batch
 from engine.runner import check_paths
 from models.lip import (
+    INPUT_CONVS,
+    PRUNE_FRACTION,
     Ticket,
     dense_ticket,
     prune_count,
@@ -54,15 +60,18 @@ def mask_path(out_dir: Path | str, ckpt: str, kind: str, round_: int) -> Path:
 class Search:
     """One IMP search: ``cfg`` the run settings (its image is ignored for ``images``, fitted at
     once when there are several; its name and folder are the search's), ``rounds`` rounds,
-    ``target`` noisy or clean, rewinding to iteration ``rewind_iter`` (0: the initialisation).
-    The net is trained as the lottery prior (its paper's method and optimizer where ``cfg``
-    leaves them unset)."""
+    ``target`` clean or noisy, rewinding to iteration ``rewind_iter`` (0: the initialisation),
+    the input convolutions pruned or not, z drawn anew every round or not (the defaults: the
+    public code's). The net is trained as the lottery prior (its paper's method and optimizer
+    where ``cfg`` leaves them unset)."""
 
     cfg: RunConfig
     images: tuple[str, ...]
-    rounds: int = 5
-    target: str = "noisy"
+    rounds: int = 16
+    target: str = "clean"
     rewind_iter: int = 0
+    prune_input_convs: bool = False
+    redraw_z: bool = True
 
     def training(self) -> RunConfig:
         return dataclasses.replace(self.cfg, prior="lip", image=self.images[0]).resolved()
@@ -100,7 +109,8 @@ class Search:
         check_same(self.record, saved["imp"], self.imp(), advice)
 
     def imp(self) -> dict:
-        return {"rounds": self.rounds, "imp_target": self.target, "rewind_iter": self.rewind_iter}
+        return {"rounds": self.rounds, "imp_target": self.target, "rewind_iter": self.rewind_iter,
+                "prune_input_convs": self.prune_input_convs, "redraw_z": self.redraw_z}  # fmt: skip
 
     def __call__(self) -> int:
         """The search, from start to end (a Slurm job's body; it has no checkpoint)."""
@@ -150,7 +160,8 @@ def prune_rounds(search: Search, train: RunConfig, y, clean, identities, device,
         "images": identities, "target": search.target,
         "uses_ground_truth": search.target == "clean", "rounds": search.rounds,
         "seed": train.seed, "width": train.width, "num_iter": train.num_iter,
-        "rewind_iter": search.rewind_iter, "method": train.method, "loss": train.loss,
+        "rewind_iter": search.rewind_iter, "prune_input_convs": search.prune_input_convs,
+        "redraw_z": search.redraw_z, "method": train.method, "loss": train.loss,
         "noise": train.noise, "nlevel": train.nlevel, "crop": train.crop, "alg": train.alg,
         "lr": train.lr, "reg_noise_std": train.reg_noise_std,
         "date": time.strftime("%Y-%m-%d"),
@@ -161,7 +172,9 @@ def prune_rounds(search: Search, train: RunConfig, y, clean, identities, device,
     outcomes = []
     for k in range(1, search.rounds + 1):
         start = time.perf_counter()
-        model = build_model(train, y.shape[1:], seeds, ticket=ticket, shared=shared).to(device)
+        draw = k - 1 if search.redraw_z else 0  # round k's z: the input stream's k-th draw
+        model = build_model(train, y.shape[1:], seeds, ticket=ticket, shared=shared,
+                            input_draw=draw).to(device)  # fmt: skip
         states = None
         if k == 1 and search.rewind_iter:
             state, rewind = train_to_rewind(model, y, train, seeds, clean, search, progress)
@@ -169,7 +182,10 @@ def prune_rounds(search: Search, train: RunConfig, y, clean, identities, device,
         [result, *_] = fit_batch(model, y, train, seeds=seeds, clean=clean, states=states,
                                  progress=progress)  # fmt: skip
         remaining = sum(int(m.sum()) for m in ticket.mask.values())
-        mask = prune_global(model.prior.net, prune_count(total, remaining, k))
+        if search.prune_input_convs:  # every convolution, to exactly round(0.8^k · total)
+            mask = prune_global(model.prior.net, prune_count(total, remaining, k))
+        else:  # 20% of the unmasked pool; the input convolutions' share left dense
+            mask = prune_global(model.prior.net, PRUNE_FRACTION, dense=INPUT_CONVS)
         ticket = Ticket(mask, ticket.rewind, {"kind": "lip", "round": k,
                                               "provenance": provenance})  # fmt: skip
         save_ticket(mask_path(train.out_dir, train.ckpt, "mask", k), ticket)

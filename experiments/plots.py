@@ -52,13 +52,15 @@ from utils.rundir import RunDir  # noqa: E402
 
 TABLES = {"results": PAPER_FIGURES, "lrc": ("lrc",)}  # a table per group of figures
 STYLES = {"dop": "-", "dip": "--", "dip-l1": ":"}  # the paper's variants, in the curves
-LABELS = {"dop": "DOP", "dip": "DIP (L2)", "dip-l1": "DIP-L1", "decoder": "deep decoder",
+LABELS = {"dop": "DOP", "dip": "DIP (L2)", "dip-l1": "DIP-L1",
+          "dip-es": "DIP (L2, Adam: the ES paper's)", "decoder": "deep decoder",
           "decoder-dop": "deep decoder + DOP", "drp": "random projector",
           "lip": "lottery prior (transferred mask)"}  # fmt: skip
 BASELINE_LABELS = {"median3": "median 3×3", "median5": "median 5×5", "bm3d": "BM3D"}
 COMPARE_FIELDS = [
     "image", "noise", "level", "method", "noisy_psnr", "last_psnr", "last_ssim", "wmv_psnr",
     "wmv_iteration", "wmv_fired_at", "emv_psnr", "emv_iteration", "emv_fired_at",
+    "emv_raw_psnr", "find_best_psnr", "find_best_iteration",
     "oracle_peak_psnr", "oracle_wmv_gap", "oracle_emv_gap", "iterations", "wall_time_s", "device",
     "date",
 ]  # fmt: skip
@@ -142,6 +144,8 @@ def comparison_rows(cases: tuple[Case, ...], profile: Profile, out_dir: Path) ->
                 **{f"{rule}_{key}": r.get(f"{rule}_{name}") for rule in ("wmv", "emv")
                    for key, name in (("psnr", "psnr"), ("iteration", "detected_iteration"),
                                      ("fired_at", "fired_at"))},
+                "emv_raw_psnr": r.get("emv_raw_psnr"), "find_best_psnr": r.get("find_best_psnr"),
+                "find_best_iteration": r.get("find_best_detected_iteration"),
                 "oracle_peak_psnr": r.get("oracle_peak_psnr"),
                 "oracle_wmv_gap": r.get("oracle_wmv_gap"),
                 "oracle_emv_gap": r.get("oracle_emv_gap"), "iterations": r["iterations_done"],
@@ -173,8 +177,12 @@ def write_comparison(rows: list[dict], profile: Profile, table_dir: Path) -> lis
         "rule detected, without ground truth, and (in brackets) the detected iteration / the "
         "iteration at which it fired (a run with `--stop` stops at the first logged row after "
         "it; 'no': it had not fired by the last iteration, where such a run ends, returning "
-        "the iterate shown). The runs go on to the last iteration (`--stop_observe`), so "
-        "'iterations' and 'wall time' are those of the whole run. "
+        "the iterate shown); ES-WMV's image is the output x there, ES-EMV's its moving average "
+        "(the ES-EMV notebook's; **ES-EMV (raw x)**: the output there, `--stop_emv_image "
+        "raw`). **find_best**: the deep decoder's rule, also without ground truth: the net "
+        "after the last step that lowered the training loss below best/1.005. The runs go on "
+        "to the last iteration (`--stop_observe`), so 'iterations' and 'wall time' are those "
+        "of the whole run. "
         "**oracle peak**: the best PSNR over the logged rows and the detected iterates; it "
         "uses the clean image, as does the **gap** (oracle peak − detected PSNR). Baselines: "
         "median filters and BM3D (σ given for Gaussian noise, else estimated) on the same "
@@ -211,17 +219,17 @@ def comparison_section(profile: Profile, rows: list[dict]) -> list[str]:
         *([f"{LABELS['lip']}: {LIP_MASKS.describe(profile)}.", ""]
           if any(r["method"] == LABELS["lip"] for r in rows) else []),
         "Means over the images:", "",
-        "| noise | method | last | ES-WMV | ES-EMV | oracle peak | WMV gap (oracle) "
-        "| EMV gap (oracle) |", "|" + "---|" * 8,
+        "| noise | method | last | ES-WMV | ES-EMV | ES-EMV (raw x) | find_best | oracle peak "
+        "| WMV gap (oracle) | EMV gap (oracle) |", "|" + "---|" * 10,
     ]  # fmt: skip
-    keys = ["last_psnr", "wmv_psnr", "emv_psnr", "oracle_peak_psnr", "oracle_wmv_gap",
-            "oracle_emv_gap"]  # fmt: skip
+    keys = ["last_psnr", "wmv_psnr", "emv_psnr", "emv_raw_psnr", "find_best_psnr",
+            "oracle_peak_psnr", "oracle_wmv_gap", "oracle_emv_gap"]  # fmt: skip
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["noise"], r["level"], r["method"]), []).append(r)
     for (noise, level, method), group in groups.items():
-        means = [np.mean([float(r[k]) for r in group]) if all(r[k] for r in group) else None
-                 for k in keys]  # fmt: skip
+        means = [np.mean([float(r[k]) for r in group]) if all(r.get(k) for r in group)
+                 else None for k in keys]  # fmt: skip
         lines.append(f"| {noise} {level} | {method} | " + " | ".join(map(number, means)) + " |")
     lines += ["", "Every case:", "",
               "| image | noise | method | last PSNR / SSIM | ES-WMV (iter / fired) "

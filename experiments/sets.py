@@ -23,12 +23,16 @@ FULL_ITERS = 150_000  # the public code's default
 README_ITERS = 200_000  # the public README curve runs to 200k iterations
 PAPER_IMAGES = tuple(images.PAPER_IMAGES)  # F16, Peppers, Baboon, kodim03
 LEVELS = (0.1, 0.3, 0.5, 0.7)
-# The compared variants as RunConfig settings: DOP, the two pure Deep Image Prior baselines, and
-# the other priors (each with its own reference optimizer and width, models/).
+ES_ITERS = 5000  # the early-stopping paper's DIP runs (ES_WMV.ipynb, ES_EMV.ipynb: num_iter)
+# The compared variants as RunConfig settings: DOP, the two pure Deep Image Prior baselines of
+# DOP's paper (its public code's SGD, lr 1), the early-stopping paper's DIP (Adam 0.01, its
+# notebooks' ``get_params('net')`` and ``lr``), and the other priors (each with its own reference
+# optimizer and width, models/).
 VARIANTS = {
     "dop": {"method": "dop", "loss": "l2"},
     "dip": {"method": "dip", "loss": "l2"},
     "dip-l1": {"method": "dip", "loss": "l1"},
+    "dip-es": {"method": "dip", "loss": "l2", "alg": "adam", "lr": 0.01},
     "decoder": {"method": "dip", "prior": "decoder"},
     "decoder-dop": {"method": "dop", "prior": "decoder"},
     "drp": {"method": "dip", "prior": "drp"},
@@ -66,12 +70,16 @@ class Profile:
     lr_c_scaling: str = "none"  # DOP's --lr_c_scaling (none: the public code)
     imp_rounds: int = 16  # the mask search of the lottery prior (MaskSearch): IMP rounds and
     imp_iters: int = 3000  # iterations per round (16 and 3000: the LIP paper's)
+    min_iters: int = 1  # a run's iterations are at least this, or its paper's if fewer
 
     def width(self, paper_width: int) -> int:
         return max(1, round(paper_width * self.width_scale))
 
     def num_iter(self, paper_iters: int) -> int:
-        return max(1, round(paper_iters * self.iter_scale))
+        """The paper's iterations scaled by ``iter_scale``, at least ``min_iters`` (or the
+        paper's own count, if smaller): the quick profile runs the early-stopping paper's 5000
+        for 3000, as the others' 150 000."""
+        return max(1, round(paper_iters * self.iter_scale), min(paper_iters, self.min_iters))
 
     def config(self, variant: str, paper_width: int | None = None, paper_iters: int = FULL_ITERS,
                **settings) -> RunConfig:  # fmt: skip
@@ -80,7 +88,8 @@ class Profile:
         DOP's lr_c rule; finished runs reused, killed ones resumed (``--reuse``); then
         ``settings`` (image, noise, seed, name, ...)."""
         base = VARIANTS[variant]
-        width = paper_width or RunConfig(**base).resolved().width
+        task = {"task": settings["task"]} if "task" in settings else {}
+        width = paper_width or RunConfig(**base, **task).resolved().width  # the prior's there
         lr_c = {"lr_c": self.lr_c, "lr_c_scaling": self.lr_c_scaling}
         scaled = {"width": self.width(width), "num_iter": self.num_iter(paper_iters),
                   "show_every": self.show_every, "save_every": self.save_every,
@@ -103,8 +112,9 @@ PROFILES = {
         save_every=500,
         lr_c=1000.0,
         lr_c_scaling="sqrt",
-        imp_rounds=5,  # 67.2% sparsity, 500 iterations a round: docs/RESULTS.md's LIP setting
+        imp_rounds=5,  # 5 rounds of 500 iterations: docs/RESULTS.md's LIP setting
         imp_iters=500,
+        min_iters=3000,
     ),  # fmt: skip
 }
 
@@ -117,7 +127,8 @@ class Run:
     nlevel: float
     variant: str  # a key of VARIANTS
     width: int | None = None  # the paper's width, before the profile's scale (None: the prior's)
-    num_iter: int = FULL_ITERS  # the paper's iterations, before the profile's scale
+    num_iter: int | None = None  # the paper's iterations, before the profile's scale (None:
+    # the variant's: ES_ITERS for dip-es, FULL_ITERS for the others)
     seed: int = 0  # the same seed = the same noise realization for every variant
     lr_c: float | None = None  # DOP's lr_c used on the image (the lr_c sweep); None: the profile's
     noise: str = "salt_pepper"  # denoising.py --noise
@@ -129,6 +140,11 @@ class Run:
 
     def needs_mask(self) -> bool:
         return needs_mask(self.variant)
+
+    def paper_iters(self) -> int:
+        if self.num_iter is not None:
+            return self.num_iter
+        return ES_ITERS if self.variant == "dip-es" else FULL_ITERS
 
     def ckpt(self, profile: Profile) -> str:
         sweep = "" if self.lr_c is None else f"_lrc{self.lr_c:g}"
@@ -156,7 +172,7 @@ class Run:
             settings |= {"stop": "wmv", "stop_observe": True}
         if self.needs_mask():
             settings["mask"] = str(LIP_MASKS.mask(profile, out_dir.resolve()))
-        return profile.config(self.variant, self.paper_width(), self.num_iter, **settings)
+        return profile.config(self.variant, self.paper_width(), self.paper_iters(), **settings)
 
 
 def noise_tag(noise: str, level: float) -> str:
@@ -193,9 +209,10 @@ class MaskSearch:
     """The stage a set with the lottery prior runs first (REFERENCE.md §5; lip.py): iterative
     magnitude pruning on the noisy observation of ``case`` (made as a case's runs make it, seed
     ``seed``) at the profile's crop and the variant's width, ``Profile.imp_rounds`` rounds of
-    ``Profile.imp_iters`` iterations. The case's image is held out (no compared case uses it), so
-    no ground truth of a compared image enters the mask; the last round's mask (sparsity
-    1 − 0.8^rounds) is transferred to every case."""
+    ``Profile.imp_iters`` iterations, otherwise the public code's search (the input convolutions
+    dense, a new z every round). The case's image is held out (no compared case uses it), and the
+    target is its noisy observation (the public code fits the clean image), so no ground truth
+    enters the mask; the last round's mask is transferred to every case."""
 
     case: Case
     variant: str = "lip"
@@ -221,11 +238,11 @@ class MaskSearch:
                         seed=self.seed, ckpt=self.ckpt(profile), quiet=True, crop=profile.crop,
                         out_dir=str(out_dir.resolve()),
                         data_dir=str(Path(data_dir).resolve()))  # fmt: skip
-        return Search(cfg, (self.case.image,), profile.imp_rounds)
+        return Search(cfg, (self.case.image,), profile.imp_rounds, target="noisy")
 
     def describe(self, profile: Profile) -> str:
         """The mask's provenance, for the tables' text."""
-        sparsity = 1 - (1 - PRUNE_FRACTION) ** profile.imp_rounds
+        nominal = 1 - (1 - PRUNE_FRACTION) ** profile.imp_rounds
         cfg = RunConfig(**VARIANTS[self.variant]).resolved()
         return (
             f"the lottery image prior (Wu et al., TMLR 2023): {cfg.method.upper()} with "
@@ -233,9 +250,11 @@ class MaskSearch:
             f"(`lip.py`) on the noisy observation of "
             f"{self.case.label} (seed {self.seed}), a held-out image, so without ground truth: "
             f"{profile.imp_rounds} rounds of {profile.imp_iters} iterations at the profile's crop "
-            f"and width {self.width(profile)}, {100 * sparsity:.1f}% of the convolution weights "
-            f"pruned; the same mask on every case (`{self.ckpt(profile)}_mask_"
-            f"{profile.imp_rounds}.pt`)"
+            f"and width {self.width(profile)}, 20% of the unmasked weights a round "
+            f"({100 * nominal:.1f}% nominal), the two convolutions that read z kept dense and "
+            f"a new z every round, as the public code; the same mask on every case "
+            f"(`{self.ckpt(profile)}_mask_{profile.imp_rounds}.pt`, its sparsity in the runs' "
+            f"reports)"
         )
 
 

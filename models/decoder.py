@@ -12,8 +12,12 @@ width 128 — fewer than the image has pixels, so it cannot fit noise as well as
 (Heckel, Soltanolkotabi, ICLR 2020, explain why: the fixed upsampling is a low-pass bias).
 
 Its input z is fixed, uniform [0, 0.1); its reference fit is Adam, lr 0.01, no input
-perturbation. The net works on sides that divide by 32; other sizes run on the canvas rounded up
-to a multiple of 32 and are centre-cropped back, so any H x W is produced. ``groups`` = K stacks K
+perturbation, 1900 iterations (the denoising example, denoising.ipynb:195-196), and the image it
+reports is ``find_best``'s (include/fit.py:84-86, 130-136): the net after the last step that
+lowered the training loss below best/1.005 (``utils.stopping.LowestLoss``, ``--stop
+find_best``, the default; ``--stop none`` reports the last iterate only). The net works on sides
+that divide by 32; other sizes run on the canvas rounded up to a multiple of 32 and are
+centre-cropped back, so any H x W is produced. ``groups`` = K stacks K
 independent decoders as the skip net does (grouped convolutions, K times the BatchNorm channels).
 """
 
@@ -77,7 +81,8 @@ class DecoderPrior(Prior):
     """x = f(θ; z), f the deep decoder, z fixed (K runs: one grouped decoder, z of shape
     (K, k, H'/32, W'/32) with H', W' the sides rounded up to multiples of 32)."""
 
-    defaults = {"method": "dip", "alg": "adam", "lr": 0.01, "reg_noise_std": 0.0, "width": 128}
+    defaults = {"method": "dip", "alg": "adam", "lr": 0.01, "reg_noise_std": 0.0, "width": 128,
+                "num_iter": 1900, "stop": "find_best"}  # fmt: skip
     dop_defaults = {"alg": "sgd", "lr": 1.0}  # DOP's plain gradient descent
     multiple = 2**UPSAMPLINGS
     memory_scale = 0.35  # 1x1 convs (measured at k = 128: docs/RESULTS.md, "Deep decoder")

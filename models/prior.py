@@ -120,8 +120,14 @@ def per_run_net(build: Callable[[int], nn.Module], seeds: Sequence[int]) -> nn.M
     return net
 
 
-def per_run_input(seeds: Sequence[int], shape: Sequence[int], draw=torch.rand) -> Tensor:
+def per_run_input(seeds: Sequence[int], shape: Sequence[int], draw=torch.rand, later: int = 0
+                  ) -> Tensor:  # fmt: skip
     """z for K runs, (K, *shape): run k's drawn by ``draw`` (torch.rand: uniform [0, 1);
-    torch.randn: standard normal) from the "input" stream of seeds[k]."""
+    torch.randn: standard normal) from the "input" stream of seeds[k]; ``later``: the draw after
+    that many others from the same stream (a new z for the same run, as the lottery prior's
+    search draws one every round)."""
     streams = [torch.Generator().manual_seed(derive_seed(seed, "input")) for seed in seeds]
+    for stream in streams:
+        for _ in range(later):
+            draw(1, *shape, generator=stream)
     return torch.cat([draw(1, *shape, generator=stream) for stream in streams])

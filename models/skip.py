@@ -22,6 +22,11 @@ parameters concatenated along dimension 0 (``utils.state.stack_states``).
 The network maps an H x W input to an H x W output for any H, W >= ``min_input_size(scales)``:
 where a downsampled size is odd, the upsampled branch is one pixel larger than the skip branch
 and is centre-cropped to it before the concat, as in the original code.
+
+SelfDeblur's image generator (Ren et al., CVPR 2020, networks/skip.py:71-78) is this net with a
+dot-product non-local block (``NonLocal``) in the deeper branch of every scale from the third on
+(its ``if i>1``: scales 3 to 5 of 5), after the first conv-BN-act: ``nonlocal_from=2`` (0-based),
+which the deblurring tasks ask for.
 """
 
 from __future__ import annotations
@@ -74,17 +79,65 @@ def _conv_bn_act(
     ]
 
 
+class NonLocal(nn.Module):
+    """The dot-product non-local block (Wang, Girshick, Gupta, He, CVPR 2018) as SelfDeblur's
+    generator has it (networks/non_local_dot_product.py, ``NONLocalBlock2D`` with its defaults:
+    inter = c // 2 channels, sub-sampling, a BatchNorm in W), for K groups of c channels each::
+
+        θ = conv1x1(x),  φ = maxpool2×2(conv1x1(x)),  g = maxpool2×2(conv1x1(x))   (c → c/2)
+        y = (θᵀφ / N) g,   z = BN(conv1x1(y)) + x                                (c/2 → c)
+
+    θᵀφ is the (HW × N) matrix of dot products between every position and the N = ⌊H/2⌋⌊W/2⌋
+    pooled ones, divided by N (no softmax). Every 1×1 convolution has a bias and PyTorch's
+    initialisation; the BatchNorm's scale and shift start at 0, so the block starts as the
+    identity and its gradient reaches them (BatchNorm in training mode). Group k's channels are
+    k·c..(k+1)·c − 1, as everywhere in the grouped net."""
+
+    def __init__(self, channels: int, groups: int = 1) -> None:
+        super().__init__()
+        self.groups, self.inter = groups, max(1, channels // 2)
+        wide, narrow = groups * channels, groups * self.inter
+        self.g = nn.Sequential(nn.Conv2d(wide, narrow, 1, groups=groups), nn.MaxPool2d(2))
+        self.theta = nn.Conv2d(wide, narrow, 1, groups=groups)
+        self.phi = nn.Sequential(nn.Conv2d(wide, narrow, 1, groups=groups), nn.MaxPool2d(2))
+        self.W = nn.Sequential(nn.Conv2d(narrow, wide, 1, groups=groups), nn.BatchNorm2d(wide))
+        nn.init.zeros_(self.W[1].weight)
+        nn.init.zeros_(self.W[1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, _, h, w = x.shape
+        runs = n * self.groups  # one attention per image and group
+        g = self.g(x).reshape(runs, self.inter, -1).transpose(1, 2)  # (runs, N, c/2)
+        theta = self.theta(x).reshape(runs, self.inter, h * w).transpose(1, 2)  # (runs, HW, c/2)
+        phi = self.phi(x).reshape(runs, self.inter, -1)  # (runs, c/2, N)
+        f = torch.matmul(theta, phi)
+        y = torch.matmul(f / f.shape[-1], g)  # (runs, HW, c/2)
+        y = y.transpose(1, 2).reshape(n, self.groups * self.inter, h, w)
+        return self.W(y) + x
+
+
+def nonlocal_parameters(channels: int) -> int:
+    """Parameters of one ``NonLocal`` block of c channels: θ, φ, g (c → c/2, with bias), W's
+    conv (c/2 → c, with bias) and BatchNorm (2c): 33,344 at c = 128."""
+    inter = max(1, channels // 2)
+    return 3 * (channels * inter + inter) + inter * channels + channels + 2 * channels
+
+
 class _Scale(nn.Module):
-    """One scale of the U-Net; ``inner`` is the next (coarser) scale, or None at the bottom."""
+    """One scale of the U-Net; ``inner`` is the next (coarser) scale, or None at the bottom;
+    ``nonlocal_block``: a ``NonLocal`` block after the deeper branch's first conv-BN-act."""
 
     def __init__(
-        self, c_in: int, width: int, skip: int, inner: _Scale | None, groups: int = 1
-    ) -> None:
+        self, c_in: int, width: int, skip: int, inner: _Scale | None, groups: int = 1,
+        nonlocal_block: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__()
         self.groups = groups
+        self.second = 4 if nonlocal_block else 3  # index of the deeper branch's second conv
         self.skip = nn.Sequential(*_conv_bn_act(c_in, skip, 1, 1, groups)) if skip else None
         self.deeper = nn.Sequential(
             *_conv_bn_act(c_in, width, 3, 2, groups),
+            *([NonLocal(width, groups)] if nonlocal_block else []),
             *_conv_bn_act(width, width, 3, 1, groups),
             *([inner] if inner is not None else []),
             nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
@@ -149,11 +202,12 @@ class _Scale(nn.Module):
 
     def _descend(self, x: Tensor) -> Tensor:
         """The deeper branch without its upsampling, as segments: stride-2 conv (its padded copy
-        of x is not kept), BN-act-conv, BN-act, the inner scale."""
-        down, inner = self.deeper[:6], self.deeper[6:-1]
+        of x is not kept), BN-act(-non-local)-conv, BN-act, the inner scale."""
+        second = self.second
+        down, inner = self.deeper[: second + 3], self.deeper[second + 3 : -1]
         d = _segment(None, x, conv=down[0])
-        d = _segment(down[1:3], d, conv=down[3])
-        d = _segment(down[4:6], d)
+        d = _segment(down[1:second], d, conv=down[second])
+        d = _segment(down[second + 1 : second + 3], d)
         return inner(d) if len(inner) else d
 
 
@@ -352,7 +406,9 @@ class SkipNet(nn.Module):
 
     Defaults are those of DOP's public code: 32 input channels, 3 output channels, width 128,
     5 scales, 4 skip channels (about 2.22M parameters). ``groups`` = K stacks K such nets: the
-    input and output then have K·in_channels and K·out_channels channels.
+    input and output then have K·in_channels and K·out_channels channels. ``nonlocal_from``:
+    the scales from this one on (0-based, outermost 0) have a ``NonLocal`` block in their deeper
+    branch after its first conv-BN-act (SelfDeblur's generator: 2; None, none: DIP and DOP).
     """
 
     def __init__(
@@ -363,6 +419,7 @@ class SkipNet(nn.Module):
         scales: int = SCALES,
         skip: int = 4,
         groups: int = 1,
+        nonlocal_from: int | None = None,
     ) -> None:
         super().__init__()
         if min(width, scales, in_channels, out_channels, groups) < 1 or skip < 0:
@@ -370,7 +427,9 @@ class SkipNet(nn.Module):
         self.scales, self.groups = scales, groups
         inner = None
         for i in reversed(range(scales)):
-            inner = _Scale(in_channels if i == 0 else width, width, skip, inner, groups)
+            block = nonlocal_from is not None and i >= nonlocal_from
+            inner = _Scale(in_channels if i == 0 else width, width, skip, inner, groups,
+                           nonlocal_block=block)  # fmt: skip
         self.body = inner
         self.head = nn.Sequential(_conv(width, out_channels, 1, 1, groups), nn.Sigmoid())
 
@@ -386,7 +445,8 @@ class SkipPrior(Prior):
     The net may run on a canvas larger than the image (``pad``: the sides rounded up to a
     multiple of 2**scales); its output is centre-cropped back, so the loss sees exactly the
     image's pixels. K seeds make K runs: one grouped net (K groups), z of shape (K, 32, H, W).
-    ``input_depth`` and ``skip`` change z's channels and the skip channels (SelfDeblur: 8, 16).
+    ``input_depth`` and ``skip`` change z's channels and the skip channels, ``nonlocal_from``
+    the first scale with a non-local block (SelfDeblur: 8, 16, 2: ``tasks/deblur.py``).
     """
 
     defaults = {"method": "dop", "alg": "sgd", "lr": 1.0, "reg_noise_std": 1.0 / 30.0}
@@ -403,6 +463,7 @@ class SkipPrior(Prior):
         scales: int = SCALES,
         skip: int = 4,
         input_depth: int = INPUT_DEPTH,
+        nonlocal_from: int | None = None,
     ) -> None:
         super().__init__()
         channels, h, w = image_shape
@@ -410,7 +471,7 @@ class SkipPrior(Prior):
         step, least = 2**scales, min_input_size(scales)
         canvas = [max(least, -(-s // step) * step) for s in (h, w)] if pad else [h, w]
         sizes = dict(in_channels=input_depth, out_channels=channels, width=width, scales=scales,
-                     skip=skip)  # fmt: skip
+                     skip=skip, nonlocal_from=nonlocal_from)  # fmt: skip
         self.net = per_run_net(lambda groups: SkipNet(**sizes, groups=groups), seeds)
         self.register_buffer("input", per_run_input(seeds, (input_depth, *canvas)) * INPUT_SCALE)
 

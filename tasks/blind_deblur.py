@@ -20,12 +20,12 @@ from utils.metrics import kernel_correlation
 
 class BlindDeblur(Deblur):
     """The model's A is x ∗ G_k(z_k) (``KernelNet``, trained with its own step ``--lr_kernel``);
-    ``--kernel_size N`` is the side of the estimated kernel (default: the true kernel's, which
+    ``--kernel_size N`` is the side of the estimated kernel (default: the --kernel file's, which
     ``--kernel`` gives for a synthetic observation; larger is allowed, up to the observation's
     side). A finished run writes the estimate and, with a true kernel, their correlation."""
 
     name = "blind-deblur"
-    own_settings = ("kernel", "kernel_size", "lr_kernel")
+    own_settings = ("kernel", "kernel_size", "lr_kernel", "no_nonlocal")
     defaults = Deblur.defaults | {"lr_kernel": 1e-4}
 
     def check(self, cfg: Any) -> None:

@@ -14,14 +14,16 @@ from tasks.operators import Blur, Operator
 from tasks.task import Fit, Task, load_kernel, shown
 from utils import InputError
 
-# SelfDeblur (selfdeblur_levin.py): the image generator is the skip net with 8 input and 16 skip
-# channels, trained by Adam, lr 0.01, its input perturbed by η of std 0.001; MSE for 1000
-# iterations, then 1 − SSIM; every step halved at iterations 2000, 3000 and 4000 of 5000.
-# (--loss_switch 1000 and --lr_gamma 0.5 are the flags' own defaults.)
+# SelfDeblur (selfdeblur_levin.py:22, 44-48, 83-92, 107-112, 136-139): the image generator is
+# the skip net with 8 input and 16 skip channels and a dot-product non-local block at scales 3-5
+# (networks/skip.py:71-78), trained by Adam, lr 0.01, its input perturbed by η of std 0.001; MSE
+# for 1000 iterations, then 1 − SSIM (zero-padded, SSIM.py: --ssim_padding's default); every
+# step halved at iterations 2000, 3000 and 4000 of 5000. (--loss_switch 1000, --lr_gamma 0.5 and
+# --ssim_padding zero are the flags' own defaults.)
 SELFDEBLUR = {"method": "dip", "num_iter": 5000, "loss": "l2_then_ssim",
               "lr_milestones": "2000,3000,4000"}  # fmt: skip
 SELFDEBLUR_SKIP = {"alg": "adam", "lr": 0.01, "reg_noise_std": 0.001}
-SELFDEBLUR_NET = {"input_depth": 8, "skip": 16}
+SELFDEBLUR_NET = {"input_depth": 8, "skip": 16, "nonlocal_from": 2}  # NL at scales 3-5 of 5
 SMALLEST_OBSERVATION = 11  # sides of y: SSIM's window (the l2-then-SSIM loss, the metrics)
 
 
@@ -29,10 +31,11 @@ class Deblur(Task):
     """``--kernel PATH`` (a gray image, normalised to sum 1); x is larger than y by the kernel's
     size less one, and the reported image is its centre of y's size, as in SelfDeblur. The
     defaults are SelfDeblur's, so that non-blind deconvolution differs from it by the known
-    kernel only."""
+    kernel only. ``--no_nonlocal``: the plain skip net as the generator (this code's before it
+    had SelfDeblur's non-local blocks)."""
 
     name = "deblur"
-    own_settings = ("kernel",)
+    own_settings = ("kernel", "no_nonlocal")
     defaults = SELFDEBLUR
     prior_settings = {"skip": SELFDEBLUR_SKIP}
     prior_options = {"skip": SELFDEBLUR_NET}
@@ -56,6 +59,12 @@ class Deblur(Task):
 
     def operator(self, cfg: Any, inputs: dict[str, Tensor], seeds: Sequence[int]) -> Operator:
         return Blur(inputs["kernel"])
+
+    def options(self, cfg: Any, prior: str) -> dict[str, Any]:
+        options = super().options(cfg, prior)
+        if cfg.no_nonlocal:
+            options = {k: v for k, v in options.items() if k != "nonlocal_from"}
+        return options
 
     def saved(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {"kernel": shown(inputs["kernel"])} if "kernel" in inputs else {}

@@ -18,6 +18,11 @@ from utils.images import resolve_image
 from utils.noise import Corruption
 from utils.seeding import derive_seed
 
+# The random projector's inpainting (3_Inpainting/Main_Start.py:32-33, 40-43; train_ip.py:44-49,
+# 134-144): width 128 with as many skip channels, a 2-channel meshgrid seed, √MSE + 0.01·TV,
+# Adam 0.05.
+PROJECTOR_INPAINT = {"width": 128, "tv": 0.01, "lr": 0.05}
+
 
 class Inpaint(Task):
     """``--keep p``: a Bernoulli mask from the run's "pixel_mask" stream; ``--pixel_mask PATH``:
@@ -25,6 +30,8 @@ class Inpaint(Task):
 
     name = "inpaint"
     own_settings = ("keep", "pixel_mask")
+    prior_settings = {"drp": PROJECTOR_INPAINT}
+    prior_options = {"drp": {"seed": "meshgrid", "skip": None}}
 
     def check(self, cfg: Any) -> None:
         if not 0 < cfg.keep <= 1:

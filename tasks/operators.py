@@ -18,6 +18,7 @@ operator        A(x)                                            shapes
 ``Identity``    x (denoising)                                   (C, H, W) → (C, H, W)
 ``Mask``        m ⊙ x, m ∈ {0, 1} per pixel (inpainting)        (C, H, W) → (C, H, W)
 ``Downsample``  antialiased bicubic ×1/s (super-resolution)     (C, H, W) → (C, H/s, W/s)
+``Lanczos2``    Lanczos-2 ×1/s, strided (the DIP's, DRP's SR)    (C, H, W) → (C, H/s, W/s)
 ``Blur``        x ∗ k, 'valid' (deblurring)                     (C, H, W) → (C, H−kh+1, W−kw+1)
 ``KernelNet``   x ∗ G_k(z_k), 'valid' (blind deblurring)        as ``Blur``
 =============== ============================================== =====================================
@@ -115,6 +116,46 @@ class Downsample(Operator):
     def input_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         c, h, w = shape
         return c, h * self.factor, w * self.factor
+
+
+def lanczos2_taps(factor: int) -> Tensor:
+    """The 1-D taps of the Deep Image Prior's ``Downsampler(kernel_type='lanczos2', phase=0.5)``
+    (models/downsampler.py of DIP, DOP and the random projector), normalised to sum 1: 4s taps
+    l_i = L(|i + ½ − (2s + 1)| / s), i = 1..4s, with the Lanczos-2 window
+    L(d) = 2 sin(πd) sin(πd/2) / (π²d²). Its 2-D kernel, l lᵀ, is theirs (they normalise the
+    product of the two 1-D values by its sum, which is the product of the sums)."""
+    i = torch.arange(1, 4 * factor + 1, dtype=torch.float64)
+    d = (i + 0.5 - (2 * factor + 1)).abs() / factor  # never 0 at phase ½
+    taps = 2 * torch.sin(math.pi * d) * torch.sin(math.pi * d / 2) / (math.pi**2 * d**2)
+    return taps / taps.sum()
+
+
+class Lanczos2(Downsample):
+    """Super-resolution as the random projector's code (2_Super_Resolution/train_sr.py:43, 128)
+    and DIP's fit it: A(x) = the 4s × 4s Lanczos-2 kernel (``lanczos2_taps``) applied to every
+    channel alone with stride s after padding by (4s − s)/2 = 3s/2 pixels that repeat the border
+    (``nn.ReplicationPad2d``), so an H × W image gives H/s × W/s; even s only (an odd s gives
+    neither an integer padding nor H/s). Linear. The observation itself is made by the task's
+    antialiased bicubic ``Downsample`` (theirs by PIL's Lanczos-3), so the model's kernel is not
+    the observation's, as in their code."""
+
+    def __init__(self, factor: int) -> None:
+        super().__init__(factor)
+        if factor % 2:
+            raise ValueError(f"the Lanczos-2 downsampler needs an even factor, got {factor}")
+        taps = lanczos2_taps(factor)
+        self.register_buffer("kernel", torch.outer(taps, taps).float()[None, None])
+
+    def forward(self, x: Tensor) -> Tensor:
+        runs, channels, h, w = x.shape
+        self.output_shape(x.shape[-3:])  # refuses sizes the factor does not divide
+        pad = 3 * self.factor // 2
+        flat = F.pad(x.reshape(runs * channels, 1, h, w), (pad,) * 4, mode="replicate")
+        out = F.conv2d(flat, self.kernel.to(x.dtype), stride=self.factor)
+        return out.reshape(runs, channels, *out.shape[-2:])
+
+
+DOWNSAMPLERS = {"bicubic": Downsample, "lanczos2": Lanczos2}  # --downsampler
 
 
 def convolve_valid(x: Tensor, kernels: Tensor) -> Tensor:

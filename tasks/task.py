@@ -15,7 +15,9 @@ DeepInverse calls this the physics. A task owns, for one kind of observation:
   refused there when given, and left out of what defines a run); ``defaults``: the settings it
   fills where the command line leaves them (its paper's iterations, loss, schedule);
   ``prior_settings`` and ``prior_options``: per prior, the settings and the constructor options
-  of the paper that ran that prior on this task (SelfDeblur's skip net for deblurring);
+  of the paper that ran that prior on this task (SelfDeblur's skip net for deblurring, the random
+  projector's nets for inpainting and super-resolution); ``options(cfg, prior)`` gives the
+  latter for a run (a task may let a setting of its own change them);
 * ``outputs(operator, k, observation)``: what a finished run writes besides the image (blind
   deblurring: the estimated kernel, its correlation with the true one).
 
@@ -81,6 +83,10 @@ class Task:
 
     def operator(self, cfg: Any, inputs: dict[str, Tensor], seeds: Sequence[int]) -> Operator:
         return Operator()
+
+    def options(self, cfg: Any, prior: str) -> dict[str, Any]:
+        """The constructor options of ``prior`` for a run of ``cfg`` on this task."""
+        return dict(self.prior_options.get(prior, {}))
 
     def physics(self, cfg: Any, inputs: dict[str, np.ndarray]) -> Operator:
         """The operator that makes a synthetic observation of one run."""

@@ -19,12 +19,14 @@ PUBLIC_FLAGS = {"ckpt": "test", "gpu": None, "image": None, "nlevel": 0.5, "alg"
 OTHER_VALUES = dict(
     image="F16", noise="mixture", nlevel=0.125, mixture_sigma=0.1, observed=None, clean=None,
     crop=96, pad=True, seed=3, task="inpaint", keep=0.25, pixel_mask="m.png", factor=2,
-    kernel="k.png", kernel_size=9, method="dip", prior="lip", width=7, mask="m.pt", loss="l1",
-    tv=1e-3, alg="adam", lr=1 / 3, lr_c=0.1, lr_c_scaling="sqrt", num_iter=77, loss_switch=5,
+    downsampler="lanczos2", kernel="k.png", kernel_size=9, no_nonlocal=True, method="dip",
+    prior="lip", width=7, mask="m.pt", loss="l1", ssim_padding="valid", tv=1e-3, alg="adam",
+    lr=1 / 3, lr_c=0.1, lr_c_scaling="sqrt", num_iter=77, loss_switch=5,
     lr_kernel=2e-4, lr_milestones="3,4", lr_gamma=0.25, reg_noise_std=0.0, stop="wmv",
-    stop_window=9, stop_patience=8, stop_decay=0.3, stop_observe=True, ema=0.95, ckpt="x y",
-    out_dir="o", data_dir="d", gpu="cpu", fast=True, low_memory=True, deterministic=True,
-    show_every=3, save_every=6, resume=True, overwrite=False, reuse=False, quiet=True,
+    stop_window=9, stop_patience=8, stop_decay=0.3, stop_emv_image="raw", stop_observe=True,
+    ema=0.95, ckpt="x y", out_dir="o", data_dir="d", gpu="cpu", fast=True, low_memory=True,
+    deterministic=True, show_every=3, save_every=6, resume=True, overwrite=False, reuse=False,
+    quiet=True,
 )  # fmt: skip
 
 

@@ -61,7 +61,13 @@ def test_full_profile_is_selfdeblurs_setting_on_all_32_cases(data_dir: Path, tmp
         assert (cfg.width, cfg.num_iter, cfg.crop, cfg.method) == (128, 5000, None, "dip")
         assert (cfg.loss, cfg.loss_switch, cfg.lr_milestones) == ("l2_then_ssim", 1000,
                                                                   "2000,3000,4000")  # fmt: skip
-    for cfg in blind:  # the kernel size given is the true kernel's
+    for cfg in blind:  # the kernel size given is SelfDeblur's (selfdeblur_levin.py:54-69)
+        k = int(cfg.ckpt.split("_k")[1].split("_")[0])
+        assert cfg.kernel_size == (17, 15, 13, 27, 11, 19, 21, 21)[k - 1]
+        assert not cfg.no_nonlocal  # SelfDeblur's generator, with its non-local blocks
+    assert levin.main([*argv, "--dry_run", "--kernel_sizes", "file"]) == 0
+    files = [parse(line.split()[2:]) for line in capsys.readouterr().out.strip().splitlines()]
+    for cfg in (c for c in files if c.task == "blind-deblur"):  # the option: the file's side
         with Image.open(cfg.kernel) as kernel:
             assert kernel.size == (cfg.kernel_size, cfg.kernel_size)
     known = [c.resolved() for c in cfgs if c.task == "deblur"]
@@ -91,15 +97,16 @@ def test_a_tiny_profile_runs_and_scores(
             "--csv", str(csv), "--gpu", "cpu"]  # fmt: skip
     assert levin.main(argv) == 0
     assert sorted(p.name for p in (tmp_path / "out").glob("*_config.json")) == [
-        "blind_im1_k5_n13_config.json", "blind_im1_k5_n21_config.json",
+        "blind_im1_k5_n11_config.json", "blind_im1_k5_n21_config.json",
         "deblur_im1_k5_config.json"]  # fmt: skip
     with csv.open() as f:
         rows = list(DictReader(f))
     assert len(rows) == 2
     sizes = [(r["true_size"], r["given_size"], float(r["max_shift"])) for r in rows]
-    assert sizes == [("13", "13", 5.0), ("13", "21", 9.0)]  # 9 = 5 + (21 - 13) / 2
+    assert sizes == [("13", "11", 5.0), ("13", "21", 9.0)]  # SelfDeblur's 11; 5 + (21 - 13) / 2
     for row in rows:
-        assert float(row["error_ratio"]) > 0 and 0 < float(row["kernel_correlation"]) <= 1
+        assert float(row["error_ratio_ssd"]) > 0 and float(row["error_ratio_spectral"]) > 0
+        assert 0 < float(row["kernel_correlation"]) <= 1
         assert abs(float(row["blind_shift_rows"])) <= float(row["max_shift"])
         assert row["kernel_rotated"] == "True"  # kernel 5 is stored rotated
     used, stored = tmp_path / "out" / "kernels" / "kernel5.png", data_dir / "gt" / "kernel5.png"

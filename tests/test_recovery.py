@@ -175,7 +175,7 @@ class Drift(Observer):
         self.register_buffer("seen", torch.zeros(runs))
         self.register_buffer("drift", torch.zeros(runs))
 
-    def update(self, iteration: int, x: Tensor) -> None:
+    def update(self, iteration: int, x: Tensor, loss: Tensor | None = None) -> None:
         self.total += x
         self.seen += 1
         self.drift = (x - self.total / self.seen[:, None, None, None]).abs().flatten(1).mean(1)

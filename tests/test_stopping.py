@@ -9,7 +9,7 @@ import torch
 from engine.loop import build_model, fit_batch
 from tests.conftest import config, small_problem
 from utils.observers import MovingAverage
-from utils.stopping import ExponentialVariance, WindowedVariance
+from utils.stopping import RULES, ExponentialVariance, WindowedVariance
 
 SHAPE = (2, 3, 5, 7)  # two runs of odd-sized images
 
@@ -155,7 +155,7 @@ def test_batched_runs_stop_on_their_own(observe: bool) -> None:
         np.testing.assert_allclose(batch[k].estimates["ema"], alone.estimates["ema"])
     if observe:
         assert all(r.stopped_at is None and r.iterations == 200 for r in batch)
-        assert {"wmv", "emv"} == set(batch[0].detections)
+        assert set(RULES) == set(batch[0].detections)
         assert "psnr_ema" in batch[0].history[-1]
     else:  # they stop at different rows; each one's last checkpoint is after its stop row
         assert None is not batch[0].stopped_at != batch[1].stopped_at is not None

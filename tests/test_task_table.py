@@ -18,8 +18,12 @@ def test_every_row_variant_runs_on_every_setting(capsys) -> None:
     cfgs = [parse(line.split()[2:]) for line in lines]
     for cfg in cfgs:
         cfg.check()
-        width = 8 if cfg.prior == "drp" else 16  # the quick profile: the prior's width / 8
-        assert (cfg.crop, cfg.width, cfg.num_iter) == (64, width, 3000)
+        # the quick profile: the prior's width on the task / 8 (the projector's 128 there)
+        assert (cfg.crop, cfg.width, cfg.num_iter) == (64, 16, 3000)
+        if cfg.prior == "drp":  # its code's settings per task, from the task's registry
+            resolved = cfg.resolved()
+            expected = {"inpaint": (0.01, 0.05, None), "sr": (0.75, 0.5, "lanczos2")}
+            assert (resolved.tv, resolved.lr, resolved.downsampler) == expected[cfg.task]
         for key, value in VARIANTS[cfg.ckpt.rsplit("_", 1)[1]].items():
             assert str(getattr(cfg, key)) == value  # the row's settings
     dop = [c for c in cfgs if c.method == "dop"]

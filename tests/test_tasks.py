@@ -39,7 +39,7 @@ def mask(tmp_path_factory: pytest.TempPathFactory) -> str:
     out = tmp_path_factory.mktemp("mask")
     argv = ["--image", "astronaut", "--crop", "64", "--width", "4", "--rounds", "1",
             "--num_iter", "3", "--show_every", "1", "--save_every", "1", "--gpu", "cpu",
-            "--ckpt", "m", "--out_dir", str(out), "--quiet"]  # fmt: skip
+            "--ckpt", "m", "--out_dir", str(out), "--quiet", "--inits", "1"]  # fmt: skip
     assert lip.main(argv) == 0
     return str(out / "m_mask_1.pt")
 

@@ -14,8 +14,8 @@ the activations are the same tensors; they are marked as estimated there until a
 measures them (the CUDA caching allocator and cuDNN's workspaces differ from the CPU's).
 
 Beside the net, the loop keeps what its observers hold (``kept``: ES-WMV's ring of W outputs,
-≈ 315 MB per run at 3×512×512 and W = 100; ES-EMV's average and detected image; the moving
-average), counted per run. A checkpoint is copied to host memory (``utils.state.unstack_state``),
+≈ 315 MB per run at 3×512×512 and W = 100; ES-EMV's average, detected image and the
+other image reported beside it; the moving average), counted per run. A checkpoint is copied to host memory (``utils.state.unstack_state``),
 between iterations: on a GPU it takes nothing on the device; on the CPU it is made while the
 activations of the last iteration are freed, so it raises the peak only when the state is larger
 than those (it never is for the skip net).

@@ -34,27 +34,40 @@ def ssim(x: Tensor, ref: Tensor, data_range: float = 1.0, sigma: float = 1.5) ->
     return ssim_of(x.detach().double(), ref.detach().double(), data_range, sigma)
 
 
-def ssim_of(x: Tensor, ref: Tensor, data_range: float = 1.0, sigma: float = 1.5) -> Tensor:
+SSIM_PADDINGS = ("zero", "valid")
+
+
+def ssim_of(x: Tensor, ref: Tensor, data_range: float = 1.0, sigma: float = 1.5,
+            padding: str = "valid") -> Tensor:  # fmt: skip
     """Structural similarity of Wang, Bovik, Sheikh, Simoncelli (IEEE TIP 2004), one value per
     image of a (K, C, H, W) batch: local means, variances and covariance under an 11×11 Gaussian
-    window (σ = 1.5, population statistics), constants (0.01 L)² and (0.03 L)², averaged over the
-    positions where the window fits inside the image and over the channels.
+    window (σ = 1.5, population statistics), constants (0.01 L)² and (0.03 L)², averaged over
+    the window's positions and over the channels.
 
-    Equals ``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
+    ``padding="valid"`` (the metric): the positions where the window fits inside the image. It
+    equals ``skimage.metrics.structural_similarity(..., gaussian_weights=True, sigma=1.5,
     use_sample_covariance=False, channel_axis=0)`` per image (tested), the setting skimage names
-    as Wang et al.'s. Both sides must be at least 11 pixels. Differentiable, in x's dtype (the
-    1 − SSIM loss of ``utils.losses``).
+    as Wang et al.'s, and MATLAB's ssim.m ('valid' filtering); both sides must be at least 11
+    pixels. ``padding="zero"``: every pixel, the statistics of the border windows computed with
+    zeros outside the image (``F.conv2d(..., padding=5)``), as SelfDeblur's SSIM.py, whose
+    1 − SSIM is its loss (Ren et al., CVPR 2020). Differentiable, in x's dtype (the 1 − SSIM
+    loss of ``utils.losses``).
     """
+    if padding not in SSIM_PADDINGS:
+        raise ValueError(f"padding must be one of {SSIM_PADDINGS}, got {padding!r}")
     radius = int(3.5 * sigma + 0.5)  # skimage's (scipy's) truncation of the Gaussian
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     window = torch.exp(-(t**2) / (2 * sigma**2))
     window = window / window.sum()
     k, c, h, w = x.shape
-    if min(h, w) < 2 * radius + 1:
+    if padding == "valid" and min(h, w) < 2 * radius + 1:
         raise ValueError(f"SSIM needs images of at least {2 * radius + 1} pixels, got {h}x{w}")
+    pad = (radius,) * 4 if padding == "zero" else None
 
-    def blur(image: Tensor) -> Tensor:  # separable 'valid' filtering of every channel
+    def blur(image: Tensor) -> Tensor:  # separable filtering of every channel
         flat = image.reshape(k * c, 1, image.shape[-2], image.shape[-1])
+        if pad is not None:  # zeros outside: the 2-D window's zero-padded convolution
+            flat = F.pad(flat, pad)
         flat = F.conv2d(flat, window.view(1, 1, -1, 1))
         return F.conv2d(flat, window.view(1, 1, 1, -1))
 
@@ -68,6 +81,39 @@ def ssim_of(x: Tensor, ref: Tensor, data_range: float = 1.0, sigma: float = 1.5)
         (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
     )
     return index.reshape(k, -1).mean(1)
+
+
+class OraclePeak(torch.nn.Module):
+    """The best PSNR against the clean image over **every** iteration, and its iteration, of
+    each named estimate (the output x, the moving average, ...) of K runs, kept on the device
+    (no host sync): an oracle, as it uses the ground truth. The lottery image prior's paper
+    reports it for the 0.99 moving average (Chasing-Better-DIPs, 3_init_Eval_LIP.py:221-224:
+    ``best_psnr_gt = max(psrn_gt, best_psnr_gt)`` of ``out_avg`` at every iteration)."""
+
+    def __init__(self, names: list[str], runs: int) -> None:
+        super().__init__()
+        self.names = list(names)
+        for name in self.names:
+            self.register_buffer(f"psnr{name}", torch.full((runs,), -math.inf, dtype=torch.float64))
+            self.register_buffer(f"iteration{name}", torch.full((runs,), -1, dtype=torch.long))
+
+    def update(self, iteration: int, images: dict[str, Tensor], clean: Tensor) -> None:
+        for name in self.names:
+            value = psnr(images[name], clean, dim=(1, 2, 3))
+            best = getattr(self, f"psnr{name}")
+            better = value > best  # NaN (a diverged run) never is
+            setattr(self, f"psnr{name}", torch.where(better, value, best))
+            when = getattr(self, f"iteration{name}")
+            setattr(self, f"iteration{name}", torch.where(better, iteration, when))
+
+    def outcome(self, run: int) -> dict[str, float | int]:
+        """Run ``run``'s peaks (a host sync: after the loop)."""
+        out = {}
+        for name in self.names:
+            best, when = getattr(self, f"psnr{name}")[run], getattr(self, f"iteration{name}")[run]
+            out[f"oracle_every_iteration_best_psnr{name}"] = float(best)
+            out[f"oracle_every_iteration_best_iteration{name}"] = int(when)
+        return out
 
 
 # Per-image metrics of a (K, C, H, W) batch against its clean reference: (K,) tensors.
@@ -110,6 +156,12 @@ class Aligned:
     def ssim(self, data_range: float = 1.0) -> float:
         pair = [torch.from_numpy(a)[None] for a in (self.estimate, self.reference)]
         return ssim(*pair, data_range).item()
+
+    def spectral(self) -> float:
+        """The largest singular value of the difference of the crops (MATLAB's ``norm`` of a
+        matrix), the channels stacked as rows: (C·h) × w."""
+        difference = (self.estimate - self.reference).reshape(-1, self.reference.shape[-1])
+        return float(np.linalg.norm(difference, 2))
 
 
 # Levin et al.'s evaluation (comp_upto_shift.m): border cropped, shift range and step, in pixels.
@@ -158,12 +210,32 @@ def align(estimate: np.ndarray, reference: np.ndarray, border: int = LEVIN_BORDE
     return best
 
 
-def error_ratio(estimate: Aligned, true_kernel: Aligned) -> float:
-    """Levin et al.'s error ratio SSD(x̂) / SSD(x̂_k): the aligned error of a blind estimate over
-    that of the non-blind deconvolution with the true kernel (each ``align``-ed on its own), a
-    ratio of squared norms ‖x̂ − x‖² / ‖x̂_k − x‖² as in their code and tables (success: below
-    2 or 3); its square root is the ratio of the norms. 1 when both errors are equal (0/0
-    included), infinite when only the reference is exact."""
-    if estimate.ssd == true_kernel.ssd:
+ERROR_RATIOS = ("ssd", "spectral")
+
+
+def error_ratio(estimate: Aligned, true_kernel: Aligned, kind: str = "ssd") -> float:
+    """The error ratio of a blind estimate x̂ over the non-blind deconvolution x̂_k with the
+    true kernel, each ``align``-ed on its own to the cropped ground truth x:
+
+    * ``ssd``: Levin et al.'s (CVPR 2009, their code and tables), SSD(x̂) / SSD(x̂_k) =
+      ‖x̂ − x‖²_F / ‖x̂_k − x‖²_F, a ratio of squared Frobenius norms;
+    * ``spectral``: SelfDeblur's (statistic_levin.m:103, ``norm(tI - x_c) / norm(tI_groundk -
+      x_c)``): MATLAB's ``norm`` of a matrix is its largest singular value, so the ratio of the
+      spectral norms ‖x̂ − x‖₂ / ‖x̂_k − x‖₂, not squared (``Aligned.spectral``).
+
+    The two are different statistics: tables of one are not comparable with the other's.
+    ``success_share`` counts the cases below Levin et al.'s threshold 3 for either. 1 when both
+    errors are equal (0/0 included), infinite when only the reference is exact."""
+    if kind not in ERROR_RATIOS:
+        raise ValueError(f"kind must be one of {ERROR_RATIOS}, got {kind!r}")
+    pair = (estimate, true_kernel)
+    a, b = (e.ssd for e in pair) if kind == "ssd" else (e.spectral() for e in pair)
+    if a == b:
         return 1.0
-    return estimate.ssd / true_kernel.ssd if true_kernel.ssd > 0 else math.inf
+    return a / b if b > 0 else math.inf
+
+
+def success_share(ratios, threshold: float = 3.0) -> float:
+    """The fraction of error ratios below ``threshold`` (Levin et al.'s 'below 3' success)."""
+    ratios = list(ratios)
+    return sum(r < threshold for r in ratios) / len(ratios) if ratios else math.nan

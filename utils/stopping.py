@@ -17,11 +17,18 @@ minimum, and fire once P iterations (``--stop_patience``, 1000) pass without a n
 
   with the full squared norm ‖δ‖² over all entries, as the notebook, scored after t > W.
 
-The detected image is x_{t*} at the minimum t* (for WMV the newest iterate of the window, as the
-notebook reports and the talk's Algorithm 1 returns: the window ending at t* is the one whose
-outputs agree best, and x_{t*} is the only one of its iterates the rule can hold without keeping
-W copies). A rule that has fired keeps its detection: later iterates change nothing. The rules
-watch the raw output x, as the paper's; the moving average (``--ema``) is a separate estimate.
+The detected image is, for WMV, x_{t*} at the minimum t* (the newest iterate of the window, as
+the notebook's figure reports and the talk's Algorithm 1 returns: the window ending at t* is the
+one whose outputs agree best, and x_{t*} is the only one of its iterates the rule can hold without
+keeping W copies); for EMV, by default the moving average EMA_{t*} (the PSNR the ES-EMV notebook
+plots at the detection, ES_EMV.ipynb cells 6 and 8), or x_{t*} (``--stop_emv_image raw``, the
+talk's Algorithm 2); both are kept, so a run reports either. A rule that has fired keeps its
+detection: later iterates change nothing. The rules score the raw output x, as the paper's; the
+output's moving average (``--ema``) is a separate estimate.
+
+A third rule, ``find_best``, is the deep decoder's selection without ground truth (Heckel, Hand,
+ICLR 2019; include/fit.py:84-86, 130-136): it never fires; it keeps the net after the last step
+whose training loss fell below the best so far divided by 1.005 (``LowestLoss``).
 Every update is tensor arithmetic on the device (``torch.where`` instead of branches): the loop
 reads ``fired`` only at logged rows, so a run stops at the first logged row after the rule fires.
 """
@@ -70,12 +77,15 @@ class StoppingRule(Observer):
         return {self.name: self.score, f"{self.name}_detected": self.best_iteration}
 
     def outcome(self, run: int) -> dict:
-        """Run ``run``'s detection (a host sync: call it after the loop)."""
+        """Run ``run``'s detection (a host sync: call it after the loop): the iteration, when
+        the rule fired, the detected image and ``others``, other images of the detection by
+        name."""
         fired_at = int(self.fired_at[run])
         return {
             "detected_iteration": int(self.best_iteration[run]),
             "fired_at": None if fired_at < 0 else fired_at,
             "image": self.best_x[run].cpu().numpy(),
+            "others": {},
         }
 
 
@@ -94,7 +104,7 @@ class WindowedVariance(StoppingRule):
         self.register_buffer("sum", torch.zeros(tuple(shape), dtype=torch.float64))
         self.register_buffer("sum_sq", torch.zeros(tuple(shape), dtype=torch.float64))
 
-    def update(self, iteration: int, x: Tensor) -> None:
+    def update(self, iteration: int, x: Tensor, loss: Tensor | None = None) -> None:
         slot = iteration % self.window
         if iteration >= self.window:  # x_{t−W} leaves the window
             old = self.ring[:, slot].double()
@@ -110,20 +120,27 @@ class WindowedVariance(StoppingRule):
             self.consider(iteration, variance, x)
 
 
+EMV_IMAGES = ("average", "raw")
+
+
 class ExponentialVariance(StoppingRule):
     """ES-EMV: an exponential moving average and variance of the outputs, O(C·H·W) a step and
-    one image of memory."""
+    three images of memory (EMA, the detected image and the other one at the detection). ``image``: which of them is the detected
+    image, the other is reported beside it (``outcome``'s ``others``)."""
 
     name = "emv"
 
     def __init__(self, decay: float, burn_in: int, patience: int, shape: Sequence[int],
-                 dtype: torch.dtype = torch.float32) -> None:  # fmt: skip
+                 dtype: torch.dtype = torch.float32, image: str = "average") -> None:  # fmt: skip
         super().__init__(patience, shape, dtype)
-        self.decay, self.burn_in = decay, burn_in
+        if image not in EMV_IMAGES:
+            raise ValueError(f"image must be one of {EMV_IMAGES}, got {image!r}")
+        self.decay, self.burn_in, self.image = decay, burn_in, image
         self.register_buffer("average", torch.zeros(tuple(shape), dtype=dtype))
         self.register_buffer("variance", torch.zeros(shape[0], dtype=torch.float64))
+        self.register_buffer("best_other", torch.zeros(tuple(shape), dtype=dtype))
 
-    def update(self, iteration: int, x: Tensor) -> None:
+    def update(self, iteration: int, x: Tensor, loss: Tensor | None = None) -> None:
         if iteration == 0:
             self.average.copy_(x)
             self.variance.zero_()
@@ -134,19 +151,74 @@ class ExponentialVariance(StoppingRule):
         squared = delta.double().square().flatten(1).sum(1)
         self.variance = (1 - a) * (self.variance + a * squared)
         if iteration > self.burn_in:
-            self.consider(iteration, self.variance, x)
+            chosen, other = (self.average, x) if self.image == "average" else (x, self.average)
+            better = ~self.fired & (self.variance < self.best)
+            self.best_other = torch.where(better.view(-1, *[1] * (x.dim() - 1)), other,
+                                          self.best_other)  # fmt: skip
+            self.consider(iteration, self.variance, chosen)
+
+    def outcome(self, run: int) -> dict:
+        other = "raw" if self.image == "average" else "average"
+        return super().outcome(run) | {"others": {other: self.best_other[run].cpu().numpy()}}
 
 
-# name -> (window, patience, decay, shape, dtype) -> rule; ``--stop`` offers these names.
+FIND_BEST_FACTOR = 1.005  # the deep decoder's: a new best net when loss < best / 1.005
+FIND_BEST_START = 1e6  # its initial best_mse
+
+
+class LowestLoss(StoppingRule):
+    """The deep decoder's ``find_best`` (include/fit.py:84-86, 130-136): after step j, whose
+    training loss L_j is that of the forward pass before it, if best > 1.005·L_j then best = L_j
+    and the net after step j becomes the best net (best starts at 10⁶, so step 0 qualifies). The
+    reported image is the best net's output: the forward pass of iteration j + 1 (made by the net
+    after step j; the public code's ``best_net(z)`` has no input perturbation, the decoder's
+    default has none either), or, after the last step, one more forward pass without η that the
+    loop makes (``pending``, ``finish``). It uses no ground truth and never fires: a run goes to
+    its last iteration; ``detected_iteration`` is j + 1, the steps the kept net has taken."""
+
+    name = "find_best"
+
+    def __init__(self, shape: Sequence[int], dtype: torch.dtype = torch.float32,
+                 factor: float = FIND_BEST_FACTOR) -> None:  # fmt: skip
+        super().__init__(1, shape, dtype)
+        self.factor = factor
+        self.best.fill_(FIND_BEST_START)
+        self.register_buffer("waiting", torch.zeros(shape[0], dtype=torch.bool))
+
+    def update(self, iteration: int, x: Tensor, loss: Tensor | None = None) -> None:
+        if loss is None:
+            raise ValueError("find_best needs the training loss of every iteration")
+        self.finish(iteration, x)
+        loss = loss.double()
+        better = self.best > self.factor * loss
+        self.score = loss
+        self.best = torch.where(better, loss, self.best)
+        self.waiting = better
+
+    def pending(self) -> Tensor:
+        return self.waiting
+
+    def finish(self, iteration: int, x: Tensor) -> None:
+        """x is the image of the net after ``iteration`` steps: kept where a step waits for it."""
+        take = self.waiting
+        self.best_x = torch.where(take.view(-1, *[1] * (x.dim() - 1)), x, self.best_x)
+        self.best_iteration = torch.where(take, iteration, self.best_iteration)
+        self.waiting = torch.zeros_like(self.waiting)
+
+
+# name -> (window, patience, decay, emv_image, shape, dtype) -> rule; ``--stop`` offers these.
 RULES = {
-    "wmv": lambda window, patience, decay, shape, dtype: WindowedVariance(
+    "wmv": lambda window, patience, decay, emv_image, shape, dtype: WindowedVariance(
         window, patience, shape, dtype),
-    "emv": lambda window, patience, decay, shape, dtype: ExponentialVariance(
-        decay, window, patience, shape, dtype),
+    "emv": lambda window, patience, decay, emv_image, shape, dtype: ExponentialVariance(
+        decay, window, patience, shape, dtype, emv_image),
+    "find_best": lambda window, patience, decay, emv_image, shape, dtype: LowestLoss(
+        shape, dtype),
 }  # fmt: skip
 
 
 def stopping_rules(names: Sequence[str], window: int, patience: int, decay: float,
-                   shape: Sequence[int], dtype: torch.dtype) -> list[StoppingRule]:  # fmt: skip
+                   shape: Sequence[int], dtype: torch.dtype, emv_image: str = "average"
+                   ) -> list[StoppingRule]:  # fmt: skip
     """The rules named (keys of ``RULES``) for K runs of images of ``shape`` = (K, C, H, W)."""
-    return [RULES[name](window, patience, decay, shape, dtype) for name in names]
+    return [RULES[name](window, patience, decay, emv_image, shape, dtype) for name in names]
