@@ -141,11 +141,12 @@ def convolve_valid(x: Tensor, kernels: Tensor) -> Tensor:
 def fft_convolve_valid(x: Tensor, kernels: Tensor) -> Tensor:
     """``convolve_valid`` by FFT: the circular convolution of x with the kernel zero-padded to
     x's size, whose entries (i, j) with i ≥ kh − 1 and j ≥ kw − 1 are the 'valid' ones (no index
-    wraps around there), in float32 (cuFFT and PocketFFT take no bfloat16), returned in x's
-    dtype. O(HW log HW) per image instead of O(HW·kh·kw)."""
+    wraps around there), in float32 at least (cuFFT and PocketFFT take no bfloat16), returned
+    in x's dtype. O(HW log HW) per image instead of O(HW·kh·kw)."""
     h, w = x.shape[-2:]
     kh, kw = kernels.shape[-2:]
-    spectrum = torch.fft.rfft2(x.float()) * torch.fft.rfft2(kernels[:, None].float(), s=(h, w))
+    work = torch.promote_types(x.dtype, torch.float32)
+    spectrum = torch.fft.rfft2(x.to(work)) * torch.fft.rfft2(kernels[:, None].to(work), s=(h, w))
     return torch.fft.irfft2(spectrum, s=(h, w))[..., kh - 1 :, kw - 1 :].to(x.dtype)
 
 
