@@ -15,6 +15,7 @@ from scipy.signal import convolve2d
 
 import denoising
 from benchmarks import blind
+from engine import run
 from engine.config import RunConfig, parse
 from engine.loop import Optimizers, build_model, make_optimizer
 from tasks.blind_deblur import odd_nearest
@@ -279,3 +280,22 @@ def test_the_profiles_command_lines(tmp_path: Path, monkeypatch, capsys) -> None
     assert blind.main(["--profile", "quick", *argv, "--shard", "3/2"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: --shard must be I/N with 1 <= I <= N, got 3/2"
+
+
+def test_batched_runs_are_the_runs_alone(tmp_path: Path, one_thread) -> None:
+    """Two seeds of the variant in one loop (grouped generators, batched kernel nets, the FFT
+    path, per-run windows) log what the second logs alone."""
+
+    def argv(out: str, seed: str) -> list[str]:
+        return zhuang_argv(tmp_path / out, "--kernel_fraction", "0.6", "--num_iter", "4",
+                           "--show_every", "3", "--save_every", "3", "--seed", seed, "--ckpt",
+                           f"s{seed}")  # fmt: skip
+
+    outcomes = run([parse(argv("batched", "0")), parse(argv("batched", "1"))], max_batch=2)
+    assert [o.code for o in outcomes] == [0, 0]
+    assert denoising.main(argv("alone", "1")) == 0
+    batched, alone = outputs(tmp_path / "batched", "s1"), outputs(tmp_path / "alone", "s1")
+    assert batched.config()["report"]["batch_size"] == 2
+    for column in ("loss", "psnr"):
+        np.testing.assert_allclose(batched.history()[column], alone.history()[column],
+                                   rtol=1e-4)  # fmt: skip
