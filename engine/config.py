@@ -30,8 +30,9 @@ LR_C_SCALINGS = ("none", "n", "sqrt")
 METHODS = ("dop", "dip")  # with the sparse term g⊙g − h⊙h, or the prior alone
 # Settings neither the prior nor the task fills (either may set any of them).
 GENERIC_DEFAULTS = {"method": "dop", "num_iter": 150_000, "lr_milestones": "", "width": 128,
-                    "loss": "l2", "tv": 0.0, "stop": "none"}  # fmt: skip
+                    "loss": "l2", "tv": 0.0, "l1l2": 0.0, "stop": "none"}  # fmt: skip
 RESOLVED = (*GENERIC_DEFAULTS, "alg", "lr", "reg_noise_std")  # never None once resolved
+VARIANTS = tuple(dict.fromkeys(name for task in TASKS.values() for name in task.variants))
 
 
 def setting(default: Any, help: str, group: str, *, type: Any = None, choices=None,
@@ -110,7 +111,26 @@ class RunConfig:
         type=str, per_run=True)  # fmt: skip
     kernel_size: int | None = setting(
         None, "blind-deblur: the side N of the estimated N x N kernel (default: the size of "
-        "--kernel; larger than the true kernel is allowed)", TASK, type=int)  # fmt: skip
+        "--kernel; with --kernel_fraction, that rule; larger than the true kernel is allowed)",
+        TASK, type=int)  # fmt: skip
+    variant: str | None = setting(
+        None, "deblur, blind-deblur: whose defaults: selfdeblur (Ren et al., CVPR 2020: l2 then "
+        "1 - SSIM, the true kernel size; the default) or zhuang (Zhuang et al., IJCV 2023: l2 "
+        "plus --l1l2 1e-4, the kernel size over-specified by --kernel_fraction 0.5, the reported "
+        "x following the kernel, --x_window kernel; and ours: --lr 1e-3); every setting it "
+        "fills can be given too",
+        TASK, type=str, choices=VARIANTS, defines_run=False)  # fmt: skip
+    kernel_fraction: float | None = setting(
+        None, "blind-deblur without --kernel_size: the kernel box's side is the odd number "
+        "nearest F x min(H, W) of the observation, ties up (Zhuang et al.'s 'about half the image "
+        "size'; default: none, the true kernel's size; --variant zhuang 0.5)", TASK,
+        type=float)  # fmt: skip
+    x_window: str | None = setting(
+        None, "blind-deblur: which observation-sized window of the larger x is reported (and "
+        "regularised): centre (the canvas's, SelfDeblur's) or kernel (the one the estimated "
+        "kernel's centre of mass aligns with y: an off-centre kernel in an over-specified box "
+        "shifts x by as much; --variant zhuang's)", TASK, type=str,
+        choices=("centre", "kernel"))  # fmt: skip
     no_nonlocal: bool = setting(
         False, "deblur, blind-deblur: the plain skip net as the image generator, without the "
         "three dot-product non-local blocks of SelfDeblur's (default: with them, as its "
@@ -146,6 +166,12 @@ class RunConfig:
         None, "weight of the total-variation penalty of x added to the loss (default: the "
         "prior's and the task's; 0, the random projector 0.45, on inpainting 0.01, on sr "
         "0.75)", MODEL, type=float)  # fmt: skip
+    l1l2: float | None = setting(
+        None, "weight λ of the l1/l2 ratio of x's gradient, λ ||∇x||_1 / (sqrt(m) ||∇x||_2) over "
+        "its m forward differences, added to the loss (Krishnan et al. 2011's normalised "
+        "sparsity; Zhuang et al.'s regulariser; default 0; --variant zhuang 1e-4, the talk's for "
+        "low noise, 2e-4 for high)", MODEL,
+        type=float)  # fmt: skip
     # --- optimisation
     alg: str | None = setting(
         None, "optimizer: sgd (no momentum) or adam (default: the prior's; sgd for skip)",
@@ -154,6 +180,11 @@ class RunConfig:
         None, "step for the prior's weights θ (default: the prior's; 1 for skip)", OPTIM,
         type=float)  # fmt: skip
     lr_c: float = setting(500.0, "step for g, h (alpha = lr_c / lr)", OPTIM)
+    alg_c: str = setting(
+        "sgd", "DOP: the optimizer of g, h: sgd (plain gradient descent with step --lr_c, DOP's "
+        "implicit bias, whatever --alg the other groups take) or adam (--alg adam for every "
+        "group in one Adam: what DOP with --alg adam did before)", OPTIM,
+        choices=("sgd", "adam"))  # fmt: skip
     lr_c_scaling: str = setting(
         "none", "scale --lr_c from a 3x512x512 image to this one's n = C*H*W entries: none (the "
         "public code), n (by n / n_512: same step of g per residual) or sqrt (by "
@@ -238,14 +269,16 @@ class RunConfig:
 
     def resolved(self) -> RunConfig:
         """The settings with every None filled in, once: from the generic defaults, then the
-        prior's (``Prior.defaults``), the task's (``Task.defaults``) and the task's for this
-        prior (``Task.prior_settings``), each overriding the one before; under DOP, a prior
+        prior's (``Prior.defaults``), the task's (``Task.defaults``), the task's for this
+        prior (``Task.prior_settings``) and its ``--variant``'s (``Task.variant_settings``),
+        each overriding the one before; under DOP, a prior
         whose reference optimizer is Adam runs DOP's plain gradient descent instead
         (``Prior.dop_defaults``: α = lr_c / lr is a ratio of gradient steps). ``--nlevel``
         defaults to the noise type's for denoising and 0 for the other tasks."""
         prior, task = PRIORS[self.prior], TASKS[self.task]
         defaults = (GENERIC_DEFAULTS | prior.defaults | task.defaults
-                    | task.prior_settings.get(self.prior, {}))  # fmt: skip
+                    | task.prior_settings.get(self.prior, {})
+                    | task.variant_settings(self.variant))  # fmt: skip
         method = self.method or defaults["method"]
         defaults |= {"method": method} | (prior.dop_defaults if method == "dop" else {})
         filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
@@ -281,6 +314,8 @@ class RunConfig:
         cfg = self.resolved()
         unused = set(foreign_settings(cfg.task, cfg.prior))
         unused |= {"lr_c", "lr_c_scaling"} if cfg.method != "dop" else set()
+        unused |= {"alg_c"} if cfg.method != "dop" or cfg.alg_c == cfg.alg else set()
+        unused |= TASKS[cfg.task].unused(cfg)
         unused |= {"mixture_sigma"} if cfg.noise != "mixture" else set()
         if cfg.stop == "none":
             unused |= {"stop_window", "stop_patience", "stop_decay", "stop_emv_image"}
@@ -288,6 +323,7 @@ class RunConfig:
         unused |= {"loss_switch", "ssim_padding"} if cfg.loss != "l2_then_ssim" else set()
         unused |= {"lr_milestones", "lr_gamma"} if not cfg.lr_milestones else set()
         unused |= {"tv"} if not cfg.tv else set()  # every run before the TV penalty
+        unused |= {"l1l2"} if not cfg.l1l2 else set()  # every run before the l1/l2 penalty
         return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
                 if f.metadata["defines_run"] and f.name not in unused}  # fmt: skip
 
@@ -313,6 +349,10 @@ class RunConfig:
              "--clean goes with --observed (a synthetic run has its own clean image)"),
             (self.width is not None and self.width < 1, "--width must be at least 1"),
             (self.tv is not None and not self.tv >= 0, "--tv must be >= 0"),
+            (self.l1l2 is not None and not (self.l1l2 >= 0 and math.isfinite(self.l1l2)),
+             "--l1l2 must be a number >= 0"),
+            (self.variant is not None and self.variant not in TASKS[self.task].variants,
+             f"--task {self.task} has no --variant {self.variant}"),
             (self.lr_kernel is not None and not (self.lr_kernel > 0
                                                  and math.isfinite(self.lr_kernel)),
              "--lr_kernel must be a positive number"),

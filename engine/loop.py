@@ -14,9 +14,10 @@ The model of an observation y (K runs at once, runs along dimension 0):
 * metrics against a clean image, computed only when one exists (utils/metrics.py).
 
 Gradient descent takes a step of ``lr`` for the prior's trainable tensors and ``lr_c`` for (g, h):
-two optimizer groups, so DOP's discrepant ratio α = lr_c / lr is one setting. The recovered image
-is x alone. The loop advances K independent runs together: the objective is the sum of the K
-losses, so each run's parameters get exactly the gradient of its own loss. How fast it runs
+two optimizer groups, so DOP's discrepant ratio α = lr_c / lr is one setting; (g, h) take plain
+gradient descent (``--alg_c sgd``) even where the rest takes Adam (SelfDeblur's deblurring). The
+recovered image is x alone. The loop advances K independent runs together: the objective is the sum
+of the K losses, so each run's parameters get exactly the gradient of its own loss. How fast it runs
 (``Speed``) is separate from what it computes.
 
 Repeatable bit for bit on the CPU: a seed gives one history, a resumed run ends as the
@@ -37,6 +38,7 @@ import dataclasses
 import math
 import os
 import time
+from collections import ChainMap
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,16 +229,65 @@ def steps(model: Model, cfg: RunConfig) -> dict[str, float]:
     return out
 
 
-def make_optimizer(model: Model, cfg: RunConfig, speed: Speed = Speed()) -> torch.optim.Optimizer:
-    """One group per entry of ``steps``. SGD has no momentum, as in the paper. Each group keeps
-    its ``base_lr`` for ``--lr_milestones``."""
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+
+
+def make_optimizer(model: Model, cfg: RunConfig, speed: Speed = Speed()
+                   ) -> torch.optim.Optimizer | Optimizers:  # fmt: skip
+    """One group per entry of ``steps``, each with its ``base_lr`` for ``--lr_milestones``; the
+    groups take ``--alg``, but g, h take ``--alg_c``. SGD has no momentum, as in the paper.
+
+    DOP's implicit bias towards a sparse g⊙g − h⊙h is that of gradient descent from a small
+    initialisation with the step lr_c (You et al., 2020); Adam's steps do not scale with the
+    gradient, so under Adam every entry of g, h grows at once. Where the prior and the kernel
+    generator take Adam (SelfDeblur's deblurring) and g, h plain gradient descent, the groups are
+    split between two optimizers (``Optimizers``); lr_c is then the step of g, h alone, no
+    longer a ratio to lr."""
     params = {"prior": model.prior.trainable(),
               "sparse": list(model.sparse.parameters()) if model.sparse is not None else [],
               "operator": getattr(model.operator, "trainable", list)()}  # fmt: skip
-    groups = [{"params": params[name], "lr": lr, "base_lr": lr}
-              for name, lr in steps(model, cfg).items()]  # fmt: skip
-    optimizers = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
-    return optimizers[cfg.alg](groups, lr=cfg.lr, **speed.optimizer_kernels())
+    lrs = steps(model, cfg)
+    algs = {name: cfg.alg_c if name == "sparse" else cfg.alg for name in lrs}
+    parts, where = [], {}  # the optimizers; each group's (optimizer, index in it)
+    for alg in dict.fromkeys(algs.values()):
+        names = [name for name in lrs if algs[name] == alg]
+        groups = [{"params": params[name], "lr": lrs[name], "base_lr": lrs[name]}
+                  for name in names]  # fmt: skip
+        where |= {name: (len(parts), j) for j, name in enumerate(names)}
+        parts.append(OPTIMIZERS[alg](groups, lr=cfg.lr, **speed.optimizer_kernels()))
+    return parts[0] if len(parts) == 1 else Optimizers(parts, [where[name] for name in lrs])
+
+
+class Optimizers:
+    """Several torch optimizers stepped as one, for groups that take different algorithms: what
+    the loop uses of an optimizer (``param_groups`` in the groups' order, ``state``, ``zero_grad``,
+    ``step``, ``state_dict`` and ``load_state_dict``, whose state is {"optimizers": [...]})."""
+
+    def __init__(self, parts: list[torch.optim.Optimizer], order: list[tuple[int, int]]) -> None:
+        self.parts, self.order = parts, order
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [self.parts[i].param_groups[j] for i, j in self.order]
+
+    @property
+    def state(self) -> ChainMap:
+        return ChainMap(*(part.state for part in self.parts))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts:
+            part.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for part in self.parts:
+            part.step()
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [part.state_dict() for part in self.parts]}
+
+    def load_state_dict(self, state: dict) -> None:
+        for part, saved in zip(self.parts, state["optimizers"], strict=True):
+            part.load_state_dict(saved)
 
 
 @dataclass
@@ -260,7 +311,7 @@ class Loop:
     """Everything the loop holds for a batch of K runs."""
 
     model: Model
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | Optimizers
     observers: nn.ModuleList
     oracle: OraclePeak | None  # every iteration's best PSNR (with a clean image): an oracle
     stop: StoppingRule | None  # the rule that ends runs (None: no rule, or --stop_observe)
@@ -452,7 +503,8 @@ def restore(loop: Loop, states: Sequence[dict]) -> None:
     # This call's kernels, not the checkpoint's: set before loading, because loading decides
     # from them where Adam keeps its step counters (on the device only for fused kernels).
     kernels = {"foreach": None, "fused": None} | loop.speed.optimizer_kernels()
-    optimizer_state["param_groups"] = [g | kernels for g in optimizer_state["param_groups"]]
+    for part in optimizer_state.get("optimizers", [optimizer_state]):
+        part["param_groups"] = [g | kernels for g in part["param_groups"]]
     loop.optimizer.load_state_dict(optimizer_state)
     lay_out_like_parameters(loop.optimizer)
     for generator, state in zip(loop.generators, states, strict=True):
@@ -495,7 +547,8 @@ def evaluate(loop: Loop, forward: Callable, j: int = 0) -> tuple[Tensor, Tensor]
     x = x.to(loop.y.dtype)  # the loss, the metrics and the observers are fp32 under bf16
     cfg = loop.cfg
     losses = objective(prediction.to(loop.y.dtype), loop.y, x, j, loss=cfg.loss, tv=cfg.tv,
-                       loss_switch=cfg.loss_switch, ssim_padding=cfg.ssim_padding)  # fmt: skip
+                       loss_switch=cfg.loss_switch, ssim_padding=cfg.ssim_padding,
+                       l1l2=cfg.l1l2)  # fmt: skip
     return x.detach(), losses
 
 

@@ -18,6 +18,9 @@ DeepInverse calls this the physics. A task owns, for one kind of observation:
   of the paper that ran that prior on this task (SelfDeblur's skip net for deblurring, the random
   projector's nets for inpainting and super-resolution); ``options(cfg, prior)`` gives the
   latter for a run (a task may let a setting of its own change them);
+  ``variants``: named sets of settings that ``--variant NAME`` fills after those (the first is
+  the default: SelfDeblur's for deblurring, beside Zhuang et al.'s), and ``unused(cfg)``: its
+  own settings that play no part in a run (left out of what defines it);
 * ``outputs(operator, k, observation)``: what a finished run writes besides the image (blind
   deblurring: the estimated kernel, its correlation with the true one).
 
@@ -67,6 +70,7 @@ class Task:
     defaults: ClassVar[dict[str, Any]] = {}
     prior_settings: ClassVar[dict[str, dict[str, Any]]] = {}
     prior_options: ClassVar[dict[str, dict[str, Any]]] = {}
+    variants: ClassVar[dict[str, dict[str, Any]]] = {}
     crops_to_prior: ClassVar[bool] = True  # x is the image: cropped to the prior's multiple
     keeps_shape: ClassVar[bool] = True  # A(x) has x's shape (an observed y is the canvas)
     noisy_by_default: ClassVar[bool] = False  # --nlevel default: the noise type's, or 0
@@ -74,6 +78,17 @@ class Task:
 
     def check(self, cfg: Any) -> None:
         """Refuse this task's bad settings in one line."""
+
+    def variant_settings(self, variant: str | None) -> dict[str, Any]:
+        """The settings ``--variant`` fills (None: the first variant's), with its name."""
+        if not self.variants:
+            return {}
+        name = variant or next(iter(self.variants))
+        return {"variant": name} | self.variants[name]
+
+    def unused(self, cfg: Any) -> set[str]:
+        """Own settings that play no part in the run of ``cfg`` (resolved)."""
+        return set()
 
     def inputs(self, cfg: Any, shape: Sequence[int], fit: Fit, data_dir: Path
                ) -> tuple[dict[str, np.ndarray], dict]:  # fmt: skip

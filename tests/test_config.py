@@ -26,7 +26,8 @@ OTHER_VALUES = dict(
     stop_window=9, stop_patience=8, stop_decay=0.3, stop_emv_image="raw", stop_observe=True,
     ema=0.95, ckpt="x y", out_dir="o", data_dir="d", gpu="cpu", fast=True, low_memory=True,
     deterministic=True, show_every=3, save_every=6, resume=True, overwrite=False, reuse=False,
-    quiet=True,
+    quiet=True, variant="zhuang", kernel_fraction=0.3, x_window="kernel", l1l2=2e-4,
+    alg_c="adam",
 )  # fmt: skip
 
 

@@ -13,12 +13,12 @@ decoder, whose layers are 1×1 convolutions). The same numbers are used for a GP
 the activations are the same tensors; they are marked as estimated there until a GPU run
 measures them (the CUDA caching allocator and cuDNN's workspaces differ from the CPU's).
 
-Beside the net, the loop keeps what its observers hold (``kept``: ES-WMV's ring of W outputs,
-≈ 315 MB per run at 3×512×512 and W = 100; ES-EMV's average, detected image and the
-other image reported beside it; the moving average), counted per run. A checkpoint is copied to host memory (``utils.state.unstack_state``),
-between iterations: on a GPU it takes nothing on the device; on the CPU it is made while the
-activations of the last iteration are freed, so it raises the peak only when the state is larger
-than those (it never is for the skip net).
+Beside the net, the loop keeps what its observers hold (``kept``: ES-WMV's ring of W outputs, ≈ 315
+MB per run at 3×512×512 and W = 100; ES-EMV's average, detected image and the other image reported
+beside it; the moving average), counted per run. A checkpoint is copied to host memory
+(``utils.state.unstack_state``), between iterations: on a GPU it takes nothing on the device; on the
+CPU it is made while the activations of the last iteration are freed, so it raises the peak only
+when the state is larger than those (it never is for the skip net).
 
 On a GPU one more limit holds whatever the memory: CUDA's reflection padding (forward and
 backward) and channels-last bilinear upsampling index with 32-bit integers and take tensors of

@@ -124,9 +124,9 @@ EMV_IMAGES = ("average", "raw")
 
 
 class ExponentialVariance(StoppingRule):
-    """ES-EMV: an exponential moving average and variance of the outputs, O(C·H·W) a step and
-    three images of memory (EMA, the detected image and the other one at the detection). ``image``: which of them is the detected
-    image, the other is reported beside it (``outcome``'s ``others``)."""
+    """ES-EMV: an exponential moving average and variance of the outputs, O(C·H·W) a step and three
+    images of memory (EMA, the detected image and the other one at the detection). ``image``: which
+    of them is the detected image, the other is reported beside it (``outcome``'s ``others``)."""
 
     name = "emv"
 
