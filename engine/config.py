@@ -160,16 +160,26 @@ class RunConfig:
     # --- early stopping and smoothing
     stop: str = setting(
         "none", "stop when a rule detects the peak, without ground truth (utils/stopping.py): "
-        "wmv (ES-WMV: the variance over a window of outputs) or emv (ES-EMV: its exponential "
-        "moving version); the image at the detected iteration is CKPT_stopped.png", STOP,
+        "wmv (ES-WMV: the variance over a window of outputs), emv (ES-EMV: its exponential "
+        "moving version) or sv (SV-ES: the error of an autoencoder trained online on the recent "
+        "outputs; costly); the image at the detected iteration is CKPT_stopped.png", STOP,
         choices=("none", *RULES))  # fmt: skip
     stop_window: int = setting(100, "ES-WMV's window W (and ES-EMV's burn-in)", STOP)
     stop_patience: int = setting(
-        1000, "stop after P iterations without a new variance minimum", STOP)  # fmt: skip
+        1000, "ES-WMV and ES-EMV: stop after P iterations without a new variance minimum",
+        STOP)  # fmt: skip
     stop_decay: float = setting(0.1, "ES-EMV's moving-average weight a", STOP)
+    sv_window: int = setting(256, "SV-ES: the autoencoder's window W of recent outputs", STOP)
+    sv_patience: int = setting(
+        500, "SV-ES: stop after P iterations without a new minimum of the autoencoder's error",
+        STOP)  # fmt: skip
+    sv_every: int = setting(
+        1, "SV-ES: check (score, then train the autoencoder) every N iterations once the window "
+        "is full (1: the public code's; more: N times cheaper)", STOP)  # fmt: skip
     stop_observe: bool = setting(
-        False, "do not stop: run to --num_iter while every rule (wmv and emv) watches, and record "
-        "what each would have detected (the comparison table's mode)", STOP)  # fmt: skip
+        False, "do not stop: run to --num_iter while the rule of --stop and the light rules "
+        "(wmv and emv) watch, and record what each would have detected (the comparison table's "
+        "mode)", STOP)  # fmt: skip
     ema: float | None = setting(
         None, "also keep the exponential moving average of the output with this weight (the "
         "DIP paper's 0.99), logged beside the raw output and saved as CKPT_ema.png", STOP,
@@ -253,8 +263,10 @@ class RunConfig:
         unused = set(foreign_settings(cfg.task, cfg.prior))
         unused |= {"lr_c", "lr_c_scaling"} if cfg.method != "dop" else set()
         unused |= {"mixture_sigma"} if cfg.noise != "mixture" else set()
-        if cfg.stop == "none":
-            unused |= {"stop_window", "stop_patience", "stop_decay"}
+        if cfg.stop == "none" or (cfg.stop == "sv" and not cfg.stop_observe):
+            unused |= {"stop_window", "stop_patience", "stop_decay"}  # no light rule watches
+        if cfg.stop != "sv":
+            unused |= {"sv_window", "sv_patience", "sv_every"}
         unused |= {"task"} if cfg.task == "denoise" else set()  # every run before tasks
         unused |= {"loss_switch"} if cfg.loss != "l2_then_ssim" else set()
         unused |= {"lr_milestones", "lr_gamma"} if not cfg.lr_milestones else set()
@@ -293,11 +305,13 @@ class RunConfig:
             (self.reg_noise_std is not None and not self.reg_noise_std >= 0,
              "--reg_noise_std must be >= 0"),
             (self.seed < 0, "--seed must be >= 0"),
-            (self.stop_window < 1 or self.stop_patience < 1,
-             "--stop_window and --stop_patience must be >= 1"),
+            (min(self.stop_window, self.stop_patience, self.sv_window, self.sv_patience,
+                 self.sv_every) < 1,
+             "--stop_window, --stop_patience, --sv_window, --sv_patience and --sv_every must "
+             "be >= 1"),
             (not 0 < self.stop_decay < 1, "--stop_decay must be in (0, 1)"),
             (self.stop_observe and self.stop == "none",
-             "--stop_observe measures a rule: give --stop wmv or emv"),
+             "--stop_observe measures a rule: give --stop wmv, emv or sv"),
             (self.ema is not None and not 0 <= self.ema < 1, "--ema must be in [0, 1)"),
             (self.show_every < 1 or self.save_every < 1 or self.save_every % self.show_every,
              "--save_every must be a positive multiple of --show_every (>= 1)"),

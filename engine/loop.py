@@ -96,16 +96,16 @@ def require_resolved(cfg: RunConfig) -> None:
         raise ValueError("the settings must be resolved first: pass cfg.resolved()")
 
 
-def stopping_observers(cfg: RunConfig, shape: Sequence[int], dtype: torch.dtype
-                       ) -> list[Observer]:  # fmt: skip
-    """The observers ``cfg`` asks for, for K runs of images of ``shape`` (K, C, H, W): the output
-    moving average (``--ema``) and the stopping rule (``--stop``), or every rule when
-    ``--stop_observe`` measures them."""
+def stopping_observers(cfg: RunConfig, shape: Sequence[int], dtype: torch.dtype,
+                       seeds: Sequence[int] | None = None) -> list[Observer]:  # fmt: skip
+    """The observers ``cfg`` asks for, for K runs of images of ``shape`` (K, C, H, W) with these
+    ``seeds`` (default 0, 1, ...): the output moving average (``--ema``) and the stopping rule
+    (``--stop``), with the light rules too when ``--stop_observe`` measures them."""
+    seeds = range(shape[0]) if seeds is None else seeds
     observers: list[Observer] = [] if cfg.ema is None else [MovingAverage(cfg.ema, shape, dtype)]
-    names = RULES if cfg.stop_observe else [name for name in (cfg.stop,) if name in RULES]
-    rules = stopping_rules(names, cfg.stop_window, cfg.stop_patience, cfg.stop_decay, shape,
-                           dtype)  # fmt: skip
-    return observers + rules
+    names = [name for name, rule in RULES.items()
+             if name == cfg.stop or (cfg.stop_observe and rule.light)]  # fmt: skip
+    return observers + stopping_rules(names, cfg, shape, dtype, seeds)
 
 
 @dataclass(frozen=True)
@@ -322,7 +322,7 @@ def start_loop(
     if y.shape[0] != runs or len(seeds) != runs or (clean is not None and clean.shape[0] != runs):
         raise ValueError(f"{runs} runs need y (and clean) with {runs} rows and {runs} seeds")
     require_resolved(cfg)
-    observers = [*stopping_observers(cfg, y.shape, y.dtype), *observers]
+    observers = [*stopping_observers(cfg, y.shape, y.dtype, seeds), *observers]
     speed = speed or Speed.of(cfg.fast, device, cfg.low_memory)
     if speed.channels_last:  # the prior's activations; η is drawn in the standard layout
         model.prior.to(memory_format=torch.channels_last)

@@ -22,7 +22,8 @@ OTHER_VALUES = dict(
     kernel="k.png", kernel_size=9, method="dip", prior="lip", width=7, mask="m.pt", loss="l1",
     tv=1e-3, alg="adam", lr=1 / 3, lr_c=0.1, lr_c_scaling="sqrt", num_iter=77, loss_switch=5,
     lr_kernel=2e-4, lr_milestones="3,4", lr_gamma=0.25, reg_noise_std=0.0, stop="wmv",
-    stop_window=9, stop_patience=8, stop_decay=0.3, stop_observe=True, ema=0.95, ckpt="x y",
+    stop_window=9, stop_patience=8, stop_decay=0.3, sv_window=7, sv_patience=11, sv_every=3,
+    stop_observe=True, ema=0.95, ckpt="x y",
     out_dir="o", data_dir="d", gpu="cpu", fast=True, low_memory=True, show_every=3,
     save_every=6, resume=True, overwrite=False, reuse=False, quiet=True,
 )  # fmt: skip
