@@ -86,8 +86,10 @@ class RunConfig:
     task: str = setting(
         "denoise", "what the observation is (tasks/): denoise (y = x + noise), inpaint (a pixel "
         "mask), sr (x4 antialiased bicubic downsampling), deblur (a 'valid' convolution with "
-        "--kernel), blind-deblur (the kernel is unknown and generated too, SelfDeblur); --nlevel "
-        "adds the --noise on top", TASK, choices=tuple(TASKS))  # fmt: skip
+        "--kernel), blind-deblur (the kernel is unknown and generated too, SelfDeblur), "
+        "phase-retrieval (the magnitudes of the Fourier transform of the zero-padded image as "
+        "the magnitude of a complex object, two generators); --nlevel adds the --noise on top",
+        TASK, choices=tuple(TASKS))  # fmt: skip
     keep: float = setting(0.5, "inpaint: the fraction of pixels kept by a Bernoulli mask", TASK,
                           per_run=True)  # fmt: skip
     pixel_mask: str | None = setting(
@@ -100,6 +102,17 @@ class RunConfig:
         None, "deblur: the blur kernel, a gray image normalised to sum 1; blind-deblur: the true "
         "kernel that makes a synthetic observation (and is compared with the estimate)", TASK,
         type=str, per_run=True)  # fmt: skip
+    oversampling: float = setting(
+        2.0, "phase-retrieval: the canvas side over the object's side (>= 2 per side; the "
+        "object is zero-padded into the centre of a canvas of ceil(s*n) per side)", TASK)
+    object_phase: float = setting(
+        math.pi / 2, "phase-retrieval: the peak (radians) of the object's smooth synthetic "
+        "phase, a centred Gaussian bump of width a quarter of the object (0: a real "
+        "non-negative object)", TASK, per_run=True)  # fmt: skip
+    outliers: float = setting(
+        0.0, "phase-retrieval: the fraction of detector pixels that read 0 or the largest "
+        "magnitude (dead or hot, equal chance), after the --noise shot photon counts", TASK,
+        per_run=True)  # fmt: skip
     kernel_size: int | None = setting(
         None, "blind-deblur: the side N of the estimated N x N kernel (default: the size of "
         "--kernel; larger than the true kernel is allowed)", TASK, type=int)  # fmt: skip

@@ -322,7 +322,9 @@ def start_loop(
     if y.shape[0] != runs or len(seeds) != runs or (clean is not None and clean.shape[0] != runs):
         raise ValueError(f"{runs} runs need y (and clean) with {runs} rows and {runs} seeds")
     require_resolved(cfg)
-    observers = [*stopping_observers(cfg, y.shape, y.dtype, seeds), *observers]
+    # The observers watch the reported x (crop(x)), of the shape of the clean image, not y's.
+    reported = model.operator.crop_shape(model.operator.input_shape(y.shape[1:]))
+    observers = [*stopping_observers(cfg, (runs, *reported), y.dtype, seeds), *observers]
     speed = speed or Speed.of(cfg.fast, device, cfg.low_memory)
     if speed.channels_last:  # the prior's activations; η is drawn in the standard layout
         model.prior.to(memory_format=torch.channels_last)
@@ -398,9 +400,10 @@ def log_row(loop: Loop, j: int, x: Tensor, losses: Tensor, seconds: float, bar: 
         columns |= observer.columns()
     observed = set(columns) - {"loss"}
     estimates = {o.name: e for o in loop.observers if (e := o.estimate()) is not None}
-    if loop.clean is not None:
+    if loop.clean is not None:  # each image aligned first (phase retrieval's ambiguities)
         images = {"": x} | {f"_{name}": e for name, e in estimates.items()}
         for suffix, image in images.items():
+            image = loop.model.operator.align(image, loop.clean)
             columns |= {name + suffix: f(image, loop.clean) for name, f in METRICS.items()}
     fired = [] if loop.stop is None else [loop.stop.fired]
     values = torch.stack([v.double() for v in [*columns.values(), *fired]]).tolist()
@@ -457,10 +460,18 @@ def snapshot(loop: Loop, iteration: int) -> list[dict | None]:
 
 
 def results(loop: Loop, done: int, seconds: float) -> list[FitResult]:
+    """Each run's result; its images aligned to its clean image, when there is one, as the
+    metrics see them (``Operator.align``: the identity but for phase retrieval)."""
     out = []
     rules = [o for o in loop.observers if isinstance(o, StoppingRule)]
     for k, history in enumerate(loop.histories):
         x, s, estimates = loop.last[k] or (None, None, {})
+        x = None if x is None else aligned(loop, k, x)
+        estimates = {name: aligned(loop, k, e) for name, e in estimates.items()}
+        detections = {rule.name: rule.outcome(k) for rule in rules}
+        for found in detections.values():
+            image = torch.from_numpy(found["image"]).to(loop.y.device)
+            found["image"] = aligned(loop, k, image).cpu().numpy()
         diverged, stopped = loop.diverged_at[k], loop.stopped_at[k]
         ended = diverged if diverged is not None else None if stopped is None else stopped + 1
         out.append(FitResult(
@@ -469,7 +480,14 @@ def results(loop: Loop, done: int, seconds: float) -> list[FitResult]:
             iterations=done if ended is None else ended, seconds=seconds,
             steps=done - loop.start, diverged_at=diverged, stopped_at=stopped,
             estimates={name: e.cpu().numpy() for name, e in estimates.items()},
-            detections={rule.name: rule.outcome(k) for rule in rules},
+            detections=detections,
             log_seconds=loop.log_seconds,
         ))  # fmt: skip
     return out
+
+
+def aligned(loop: Loop, k: int, image: Tensor) -> Tensor:
+    """Run k's image (C, H, W) aligned to its clean image (as is without one)."""
+    if loop.clean is None:
+        return image
+    return loop.model.operator.align(image[None], loop.clean[k : k + 1])[0]
