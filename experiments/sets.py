@@ -296,8 +296,8 @@ def sv_runs(cases: tuple[Case, ...]) -> list[Run]:
 
 COMPARE_CASES = tuple(Case(image, level, noise) for image in PAPER_IMAGES
                       for noise, level in COMPARE_NOISES)  # fmt: skip
-SV_CASES = tuple(Case(image, level, noise) for image in PAPER_IMAGES
-                 for noise, level in SV_NOISES)  # fmt: skip
+SV_CASES = tuple(Case(image, level, noise) for noise, level in SV_NOISES
+                 for image in PAPER_IMAGES)  # fmt: skip
 PAPER_FIGURES = ("fig3", "fig4", "fig5", "readme")  # what "all" names
 FIGURE_NAMES = (*PAPER_FIGURES, "lrc", "compare", "compare-sv")
 DEFAULT_CASES = {"fig3": FIG3_CASES, "fig4": FIG4_CASES, "compare": COMPARE_CASES,
