@@ -104,7 +104,8 @@ class RunConfig:
         type=str, per_run=True)  # fmt: skip
     oversampling: float = setting(
         2.0, "phase-retrieval: the canvas side over the object's side (>= 2 per side; the "
-        "object is zero-padded into the centre of a canvas of ceil(s*n) per side)", TASK)
+        "object is zero-padded into the centre of a canvas of ceil(s*n) per side)",
+        TASK)  # fmt: skip
     object_phase: float = setting(
         math.pi / 2, "phase-retrieval: the peak (radians) of the object's smooth synthetic "
         "phase, a centred Gaussian bump of width a quarter of the object (0: a real "

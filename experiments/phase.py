@@ -74,7 +74,8 @@ class Fienup:
         g = torch.Generator().manual_seed(seed)
         shape = (self.starts, *ys.shape)
         x = s * torch.polar(torch.rand(shape, generator=g, dtype=torch.float64),
-                            2 * torch.pi * torch.rand(shape, generator=g, dtype=torch.float64))
+                            2 * torch.pi * torch.rand(shape, generator=g, dtype=torch.float64)
+                            )  # fmt: skip
         for _ in range(self.hio):
             x = hybrid_input_output(x, ys, s, self.beta)
         for _ in range(self.er):

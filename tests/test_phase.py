@@ -38,8 +38,10 @@ def test_the_operator_keeps_the_energy_and_its_shapes_invert(size, oversampling)
     n1, n2 = size
     big = tuple(math.ceil(oversampling * n) for n in size)
     assert model.canvas == big and model.size == size
-    assert model.output_shape((2, n1, n2)) == (1, *big) and model.input_shape((1, *big)) == (2, *size)
-    assert physics.output_shape((1, n1, n2)) == (1, *big) and physics.crop_shape((1, *size)) == (1, *size)
+    assert model.output_shape((2, n1, n2)) == (1, *big)
+    assert model.input_shape((1, *big)) == (2, *size)
+    assert physics.output_shape((1, n1, n2)) == (1, *big)
+    assert physics.crop_shape((1, *size)) == (1, *size)
     x = torch.rand(2, 2, n1, n2, dtype=torch.float64)
     y = model(x)
     assert y.shape == (2, *model.output_shape((2, n1, n2)))

@@ -197,12 +197,13 @@ def align_fourier(estimate: Tensor, reference: Tensor, phase: bool = True) -> Te
     best = score.transpose(0, 1).reshape(k, -1).argmax(1)  # (K,) over (twin?, row, column)
     which, shift = best // (h * w), best % (h * w)
     ti, tj = shift // w, shift % w
-    runs = torch.arange(k, device=estimate.device)
-    rows = (torch.arange(h, device=estimate.device) - ti[:, None]) % h  # r − t
-    cols = (torch.arange(w, device=estimate.device) - tj[:, None]) % w
+    device = estimate.device
+    runs, channels = torch.arange(k, device=device), torch.arange(c, device=device)
+    rows = (torch.arange(h, device=device) - ti[:, None]) % h  # r − t
+    cols = (torch.arange(w, device=device) - tj[:, None]) % w
     chosen = candidates[which, runs]  # (K, C, H, W)
-    moved = chosen[runs[:, None, None, None], torch.arange(c, device=estimate.device)[:, None, None],
-                   rows[:, None, :, None], cols[:, None, None, :]]  # fmt: skip
+    moved = chosen[runs[:, None, None, None], channels[:, None, None], rows[:, None, :, None],
+                   cols[:, None, None, :]]  # fmt: skip
     if not phase:
         return moved
     at = corr[which, runs, ti, tj]
