@@ -2,6 +2,7 @@
 the score against a direct computation, the online training, the patience in checks, and the
 rule inside the loop (batched runs as alone, resume) and on the command line."""
 
+import csv
 import math
 
 import numpy as np
@@ -10,7 +11,9 @@ import torch
 
 import denoising
 from engine.loop import build_model, fit_batch
-from tests.conftest import cli, config, outputs, small_problem
+from experiments.driver import Setting, reproduce
+from experiments.sets import SV_VARIANTS, Case
+from tests.conftest import DATA_DIR, cli, config, outputs, small_problem, tiny_profile
 from utils.seeding import derive_seed
 from utils.stopping import SelfValidation
 from utils.sv import AutoEncoder, side
@@ -178,3 +181,26 @@ def test_stop_sv_from_the_command_line(tmp_path, capsys) -> None:
     assert denoising.main(cli(tmp_path / "bad", "--stop", "sv", "--sv_every", "0")) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "--sv_every" in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_the_sv_comparison_set_records_every_rule_and_its_gap(tmp_path) -> None:
+    """``reproduce.py compare-sv`` on one tiny case: DIP and DIP-L1 with SV-ES (one check, at
+    the first full window) and both light rules watching; its table and COMPARISON.md section.
+    Slow: 20 s of CPU (two 64 x 64 autoencoder passes over a 256-image window)."""
+    profile = tiny_profile(300, sv_every=45)
+    cases = {"compare-sv": (Case("cat", 0.12, "gaussian"),)}
+    setting = Setting(profile, tmp_path / "out", DATA_DIR, ("cpu",))
+    outcome, files = reproduce(["compare-sv"], setting, tmp_path / "figs", tmp_path / "docs",
+                               cases=cases)  # fmt: skip
+    assert len(outcome["started"]) == len(SV_VARIANTS) and not outcome["failed"]
+    with (tmp_path / "docs" / "comparison_sv_tiny.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == ["DIP (L2)", "DIP-L1"]
+    for r in rows:
+        assert int(r["sv_iteration"]) == 255 and r["sv_fired_at"] == ""  # P = 500: not fired
+        peak = float(r["oracle_peak_psnr"])
+        assert float(r["oracle_sv_gap"]) == pytest.approx(peak - float(r["sv_psnr"]))
+        assert r["wmv_psnr"] and r["emv_psnr"] and int(r["iterations"]) == 300
+    text = (tmp_path / "docs" / "COMPARISON.md").read_text()
+    assert "SV-ES's set" in text and "SV gap (oracle)" in text and "every 45 iteration" in text
