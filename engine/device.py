@@ -11,7 +11,7 @@ import torch
 from engine.config import RunConfig
 from engine.loop import cpu_has_bf16
 from models import PRIORS
-from utils import InputError, memory
+from utils import InputError, memory, sv
 
 
 def pick_device(gpu: str | None) -> tuple[torch.device, str]:
@@ -33,7 +33,7 @@ def memory_need(cfg: RunConfig, shape: Sequence[int], device: torch.device,
                 runs: int = 1) -> memory.Need:  # fmt: skip
     """The estimated peak memory of ``runs`` runs of ``cfg`` (resolved) on images of ``shape``
     (C, H, W): on the net's canvas (--pad rounds the sides up to the prior's multiple), on this
-    path."""
+    path; with --stop sv, SV-ES's windows and autoencoder too (``utils.sv.memory``)."""
     prior = PRIORS[cfg.prior]
     multiple = prior.multiple if cfg.pad else 1
     pixels = math.prod(-(-side // multiple) * multiple for side in shape[1:])
@@ -42,8 +42,11 @@ def memory_need(cfg: RunConfig, shape: Sequence[int], device: torch.device,
     states = 2 if cfg.alg == "adam" else 0
     need = memory.estimate(pixels, cfg.width, runs=runs, path=path, optimizer_states=states,
                            scale=prior.memory_scale)  # fmt: skip
-    return memory.Need(need, pixels, cfg.width, runs, path, states, prior.memory_scale,
-                       prior.checkpointing)  # fmt: skip
+    extra = 0
+    if cfg.stop == "sv":  # the window and the autoencoder, on the reported x (about the image)
+        extra = sv.memory(shape[0], shape[1], shape[2], cfg.sv_window, runs)
+    return memory.Need(need + extra, pixels, cfg.width, runs, path, states, prior.memory_scale,
+                       prior.checkpointing, extra)  # fmt: skip
 
 
 def check_fits(cfg: RunConfig, shape: Sequence[int], device: torch.device, name: str) -> None:

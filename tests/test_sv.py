@@ -204,3 +204,18 @@ def test_the_sv_comparison_set_records_every_rule_and_its_gap(tmp_path) -> None:
         assert r["wmv_psnr"] and r["emv_psnr"] and int(r["iterations"]) == 300
     text = (tmp_path / "docs" / "COMPARISON.md").read_text()
     assert "SV-ES's set" in text and "SV gap (oracle)" in text and "every 45 iteration" in text
+
+
+def test_the_memory_estimate_counts_the_windows_per_run() -> None:
+    """Each run adds its window, W·C·S² values (3 x 512², W = 256: 805 MB); the estimate before
+    a run includes SV-ES's memory only with --stop sv."""
+    from engine.device import memory_need
+    from utils import sv
+
+    one, two = (sv.memory(3, 512, 512, 256, k) for k in (1, 2))
+    assert two - one == 256 * 3 * 512 * 512 * 4
+    assert sv.memory(1, 61, 59, 100, 1) - sv.memory(1, 61, 59, 99, 1) == 64 * 64 * 4
+    cfg = config(stop="sv")
+    with_sv = memory_need(cfg, (3, 64, 64), torch.device("cpu"), runs=2)
+    without = memory_need(config(stop="wmv"), (3, 64, 64), torch.device("cpu"), runs=2)
+    assert with_sv.bytes - without.bytes == with_sv.extra == sv.memory(3, 64, 64, 256, 2)

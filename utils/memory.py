@@ -66,6 +66,7 @@ class Need:
     optimizer_states: int = 0
     scale: float = 1.0  # the prior's memory_scale
     checkpointing: bool = True  # whether --low_memory changes anything for the prior
+    extra: int = 0  # bytes beside the prior's (SV-ES's windows and autoencoder)
 
     def __str__(self) -> str:
         return f"{gigabytes(self.bytes)} ({self.path.replace('_', '-')} path)"
@@ -150,11 +151,12 @@ def advice(need: Need, have: int, side: int, multiple: int) -> str:
     """What would fit in ``have`` bytes: --low_memory, a smaller --crop, a smaller --width."""
     options = []
     more = {"runs": need.runs, "optimizer_states": need.optimizer_states, "scale": need.scale}
+    have -= need.extra  # (kept as it is: a smaller crop would shrink it a little)
     if "low_memory" not in need.path and need.checkpointing:
         low = "fast+low_memory" if need.path == "fast" else "low_memory"
         low_need = estimate(need.pixels, need.width, path=low, **more)
         if low_need <= have:
-            options.append(f"--low_memory (about {gigabytes(low_need)})")
+            options.append(f"--low_memory (about {gigabytes(low_need + need.extra)})")
     more["path"] = need.path
     crop = largest(lambda n: estimate((n * multiple) ** 2, need.width, **more) <= have,
                    1, side // multiple)  # fmt: skip

@@ -163,11 +163,6 @@ class ExponentialVariance(StoppingRule):
         return cls(settings.stop_decay, settings.stop_window, settings.stop_patience, shape, dtype)
 
 
-# SV-ES's autoencoder training (AE_train.py, AE_bp.py): one pass over the window per check in
-# shuffled batches of 32, mean squared error, Adam with lr 1e-3 created afresh at every check.
-SV_BATCH, SV_LR = 32, 1e-3
-
-
 class SelfValidation(StoppingRule):
     """SV-ES (Li, Zhuang, Liang, Peng, Wang, Sun, "Self-Validation: Early Stopping for
     Single-Instance Deep Generative Priors", BMVC 2021, arXiv 2110.12271; code
@@ -269,13 +264,13 @@ class SelfValidation(StoppingRule):
         device = self.ring.device
         orders = torch.stack([torch.randperm(self.window, device=device, generator=generator)
                               for generator in self.shuffles(iteration, device)])  # fmt: skip
-        optimizer = torch.optim.Adam(self.net.parameters(), lr=SV_LR)
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=sv.LR)
         self.single[0].train()
         with torch.enable_grad():
-            for start in range(0, self.window, SV_BATCH):
+            for start in range(0, self.window, sv.BATCH):
                 optimizer.zero_grad(set_to_none=True)
                 for k in range(self.runs):
-                    images = self.ring[k, orders[k, start : start + SV_BATCH]]
+                    images = self.ring[k, orders[k, start : start + sv.BATCH]]
                     F.mse_loss(self.autoencode(k, images), images).backward()
                 optimizer.step()
 

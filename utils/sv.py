@@ -31,6 +31,9 @@ import math
 from torch import Tensor, nn
 
 HIDDEN = (32, 64, 128, 128, 128, 128)  # the encoder's channels between the image and the code
+# The online training (AE_train.py, AE_bp.py): one pass over the window per check in shuffled
+# batches of 32, mean squared error, Adam with lr 1e-3 created afresh at every check.
+BATCH, LR = 32, 1e-3
 CODE_SIDE = 4  # the code: 1 channel of 4 x 4
 LINEAR_LAYERS = 4
 LARGEST_SIDE = 2 ** (len(HIDDEN) + 3)  # 512: the public net's input
@@ -42,6 +45,25 @@ def side(h: int, w: int) -> int:
     log scale), within [8, 512]."""
     s = 2 ** round(math.log2(math.sqrt(h * w)))
     return min(LARGEST_SIDE, max(SMALLEST_SIDE, s))
+
+
+def memory(channels: int, h: int, w: int, window: int, runs: int, itemsize: int = 4) -> int:
+    """Bytes SV-ES holds for K = ``runs`` runs of h x w images: the K windows, K·W·C·S²
+    values, exactly, and, estimated, what one run's training batch keeps for its backward (the
+    runs are trained one after another): every layer's output for 32 images (about 5.2 GB at
+    3 x 512 x 512), and the parameters with their gradients and Adam's two moments."""
+    s = side(h, w)
+    hidden = HIDDEN[: round(math.log2(s / CODE_SIDE)) - 1]
+    down, up = [channels, *hidden, 1], [1, *reversed(hidden), channels]
+    per_image, size = 0, s
+    for c in down[1:]:  # conv, BN, ReLU outputs
+        size //= 2
+        per_image += 3 * c * size**2
+    for a, b in zip(up, up[1:], strict=False):  # upsampled input; conv, BN, activation outputs
+        size *= 2
+        per_image += (a + 3 * b) * size**2
+    parameters = sum(p.numel() for p in AutoEncoder(channels, s).parameters())
+    return itemsize * (runs * window * channels * s * s + BATCH * per_image + 4 * parameters)
 
 
 class AutoEncoder(nn.Module):
