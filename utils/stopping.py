@@ -213,7 +213,8 @@ class SelfValidation(StoppingRule):
         self.streams = [derive_seed(seed, "sv") for seed in seeds]
         build = lambda groups: sv.AutoEncoder(channels, self.size, groups)  # noqa: E731
         self.net = per_run_module(build, seeds, "sv").to(dtype)
-        self.single = [sv.AutoEncoder(channels, self.size)]  # one run's computation (no state)
+        with torch.random.fork_rng(devices=[]):  # its own tensors are never used: no draws
+            self.single = [sv.AutoEncoder(channels, self.size)]  # one run's computation
         self.register_buffer("ring", torch.zeros((runs, window, channels, self.size, self.size),
                                                  dtype=dtype))  # fmt: skip
 
