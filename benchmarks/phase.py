@@ -128,7 +128,8 @@ def baseline_rows(cfg: RunConfig, where: dict) -> list[dict]:
         aligned = operator.align(magnitude, clean)
         scores = {name: float(f(aligned, clean)) for name, f in METRICS.items()}
         rows.append(where | scores | {
-            "method": f"{method.name} ({STARTS} starts, {method.hio} + {method.er} it.)",
+            "method": f"{method.name} ({STARTS} starts, "
+                      + (f"{method.hio} + {method.er}" if method.hio else f"{method.er}") + " it.)",
             "data_fit": found.fit, "wall_time_s": round(seconds, 1),
             "device": f"cpu, {torch.get_num_threads()} threads",
             "date": time.strftime("%Y-%m-%d"),
