@@ -6,6 +6,7 @@
     python reproduce.py fig5 --jobs 4 --gpu 0,1   # 4 runs at a time over two GPUs
     python reproduce.py fig4 --fast --batch 8     # the fast path, up to 8 runs in one loop
     python reproduce.py --quick compare --batch 6 --images F16,Peppers   # docs/COMPARISON.md
+    python reproduce.py --quick compare-sv --jobs 2 --images F16,Peppers  # SV-ES's own set
     python reproduce.py fig3 fig4 --launcher slurm --partition gpu   # a Slurm job array
     python reproduce.py fig3 fig4 --collect       # figures and tables from the finished runs
 

@@ -13,7 +13,10 @@ and the median rate of each is reported with the last-iterate PSNR. ``--batch K`
 runs (seeds seed..seed+K-1) one after another and then batched in one loop, both on the fast path,
 and prints their aggregate iterations per second. ``--observers`` also runs the faithful path with
 each observer (the output average, ES-EMV, ES-WMV) against none, alternating, and prints each
-one's cost as a fraction of an iteration. The last line is ``speedup <fast / faithful>``.
+one's cost as a fraction of an iteration; SV-ES (self-validation), whose every check trains an
+autoencoder for a pass over its window, is timed by its update alone (its first checks after the
+window fills: the cost of an iteration at the public one check per iteration), beside them in the
+same table. The last line is ``speedup <fast / faithful>``.
 """
 
 from __future__ import annotations
@@ -160,6 +163,9 @@ def compare(args: argparse.Namespace) -> int:
 # What each observer costs, as settings of the run (the rules never fire within a benchmark).
 OBSERVERS = {"none": {}, "ema 0.99": {"ema": 0.99}, "ES-EMV": {"stop": "emv"},
              "ES-WMV": {"stop": "wmv"}}  # fmt: skip
+# Timed by the update alone: a run with it would take a hundred times as long as the others.
+HEAVY = {"SV-ES": {"stop": "sv"}}
+SV_CHECKS = 3  # SV-ES checks timed after its window has filled
 
 
 def observer_costs(rate, cfg: RunConfig, shape: tuple[int, ...], device: torch.device,
@@ -173,26 +179,36 @@ def observer_costs(rate, cfg: RunConfig, shape: tuple[int, ...], device: torch.d
         for label, settings in OBSERVERS.items():
             rates[label].append(rate(settings))
     base = statistics.median(rates["none"])
-    print(f"{'observer (faithful path)':<28} {'it/s':>9}  {'from the rates':>14}  update alone")
-    for label, settings in OBSERVERS.items():
-        median = statistics.median(rates[label])
-        alone = update_seconds(dataclasses.replace(cfg, **settings), shape, device) * base
-        print(
-            f"{label:<28} {median:>9.2f}  {100 * (base / median - 1):>+13.1f}%  {100 * alone:+.2f}%"
-        )
+    print(f"{'observer (faithful path)':<28} {'it/s':>9}  {'from the rates':>14}  update alone"
+          "  (× ES-WMV's)")  # fmt: skip
+    alone = {label: update_seconds(dataclasses.replace(cfg, **settings), shape, device) * base
+             for label, settings in OBSERVERS.items()}  # fmt: skip
+    for label, settings in HEAVY.items():
+        heavy = dataclasses.replace(cfg, **settings)
+        alone[label] = base * update_seconds(heavy, shape, device, SV_CHECKS, heavy.sv_window - 1)
+    wmv = alone["ES-WMV"]
+    for label, cost in alone.items():
+        median = statistics.median(rates[label]) if label in rates else None
+        from_rates = "—" if median is None else f"{100 * (base / median - 1):+.1f}%"
+        ratio = f"{cost / wmv:.3g}" if wmv > 0 and label != "none" else "—"
+        print(f"{label:<28} {'—' if median is None else f'{median:.2f}':>9}  {from_rates:>14}  "
+              f"{100 * cost:+.2f}%  ({ratio})")  # fmt: skip
 
 
-def update_seconds(
-    cfg: RunConfig, shape: tuple[int, ...], device: torch.device, steps: int = 2000
-) -> float:
+def update_seconds(cfg: RunConfig, shape: tuple[int, ...], device: torch.device,
+                   steps: int = 2000, warmup: int = 0) -> float:  # fmt: skip
     """Seconds per iteration that the observers of ``cfg`` spend in ``update``, on random
-    outputs (their cost does not depend on the values)."""
+    outputs (their cost does not depend on the values), over ``steps`` iterations after
+    ``warmup`` untimed ones."""
     observers = [o.to(device) for o in stopping_observers(cfg, shape, torch.float32)]
     xs = torch.rand(8, *shape, device=device)
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    for t in range(warmup):
+        for observer in observers:
+            observer.update(t, xs[t % 8])
     sync()
     start = time.perf_counter()
-    for t in range(steps):
+    for t in range(warmup, warmup + steps):
         for observer in observers:
             observer.update(t, xs[t % 8])
     sync()

@@ -89,8 +89,10 @@ class RunConfig:
     task: str = setting(
         "denoise", "what the observation is (tasks/): denoise (y = x + noise), inpaint (a pixel "
         "mask), sr (x4 antialiased bicubic downsampling), deblur (a 'valid' convolution with "
-        "--kernel), blind-deblur (the kernel is unknown and generated too, SelfDeblur); --nlevel "
-        "adds the --noise on top", TASK, choices=tuple(TASKS))  # fmt: skip
+        "--kernel), blind-deblur (the kernel is unknown and generated too, SelfDeblur), "
+        "phase-retrieval (the magnitudes of the Fourier transform of the zero-padded image as "
+        "the magnitude of a complex object, two generators); --nlevel adds the --noise on top",
+        TASK, choices=tuple(TASKS))  # fmt: skip
     keep: float = setting(0.5, "inpaint: the fraction of pixels kept by a Bernoulli mask", TASK,
                           per_run=True)  # fmt: skip
     pixel_mask: str | None = setting(
@@ -109,6 +111,18 @@ class RunConfig:
         None, "deblur: the blur kernel, a gray image normalised to sum 1; blind-deblur: the true "
         "kernel that makes a synthetic observation (and is compared with the estimate)", TASK,
         type=str, per_run=True)  # fmt: skip
+    oversampling: float = setting(
+        2.0, "phase-retrieval: the canvas side over the object's side (>= 2 per side; the "
+        "object is zero-padded into the centre of a canvas of ceil(s*n) per side)",
+        TASK)  # fmt: skip
+    object_phase: float = setting(
+        math.pi / 2, "phase-retrieval: the peak (radians) of the object's smooth synthetic "
+        "phase, a centred Gaussian bump of width a quarter of the object (0: a real "
+        "non-negative object)", TASK, per_run=True)  # fmt: skip
+    outliers: float = setting(
+        0.0, "phase-retrieval: the fraction of detector pixels that read 0 or the largest "
+        "magnitude (dead or hot, equal chance), after the --noise shot photon counts", TASK,
+        per_run=True)  # fmt: skip
     kernel_size: int | None = setting(
         None, "blind-deblur: the side N of the estimated N x N kernel (default: the size of "
         "--kernel; with --kernel_fraction, that rule; larger than the true kernel is allowed)",
@@ -208,22 +222,32 @@ class RunConfig:
     # --- early stopping and smoothing
     stop: str | None = setting(
         None, "stop when a rule detects the peak, without ground truth (utils/stopping.py): "
-        "wmv (ES-WMV: the variance over a window of outputs) or emv (ES-EMV: its exponential "
-        "moving version); or find_best (the deep decoder's: keep the net after the last step "
+        "wmv (ES-WMV: the variance over a window of outputs), emv (ES-EMV: its exponential "
+        "moving version) or sv (SV-ES: the error of an autoencoder trained online on the recent "
+        "outputs; costly); or find_best (the deep decoder's: keep the net after the last step "
         "that lowered the training loss below best/1.005; never stops a run); the image the "
         "rule chose is CKPT_stopped.png (default: none; find_best for --prior decoder, its "
         "code's)", STOP, type=str, choices=("none", *RULES))  # fmt: skip
     stop_window: int = setting(100, "ES-WMV's window W (and ES-EMV's burn-in)", STOP)
     stop_patience: int = setting(
-        1000, "stop after P iterations without a new variance minimum", STOP)  # fmt: skip
+        1000, "ES-WMV and ES-EMV: stop after P iterations without a new variance minimum",
+        STOP)  # fmt: skip
     stop_decay: float = setting(0.1, "ES-EMV's moving-average weight a", STOP)
     stop_emv_image: str = setting(
         "average", "ES-EMV's detected image: average (its moving average at the detected "
         "iteration, whose PSNR the ES-EMV notebook plots) or raw (the output x there)", STOP,
         choices=EMV_IMAGES)  # fmt: skip
+    sv_window: int = setting(256, "SV-ES: the autoencoder's window W of recent outputs", STOP)
+    sv_patience: int = setting(
+        500, "SV-ES: stop after P iterations without a new minimum of the autoencoder's error",
+        STOP)  # fmt: skip
+    sv_every: int = setting(
+        1, "SV-ES: check (score, then train the autoencoder) every N iterations once the window "
+        "is full (1: the public code's; more: N times cheaper)", STOP)  # fmt: skip
     stop_observe: bool = setting(
-        False, "do not stop: run to --num_iter while every rule (wmv and emv) watches, and record "
-        "what each would have detected (the comparison table's mode)", STOP)  # fmt: skip
+        False, "do not stop: run to --num_iter while the rule of --stop and the light rules "
+        "(wmv and emv) watch, and record what each would have detected (the comparison table's "
+        "mode)", STOP)  # fmt: skip
     ema: float | None = setting(
         None, "also keep the exponential moving average of the output with this weight (the "
         "DIP paper's 0.99), logged beside the raw output and saved as CKPT_ema.png", STOP,
@@ -317,8 +341,12 @@ class RunConfig:
         unused |= {"alg_c"} if cfg.method != "dop" or cfg.alg_c == cfg.alg else set()
         unused |= TASKS[cfg.task].unused(cfg)
         unused |= {"mixture_sigma"} if cfg.noise != "mixture" else set()
-        if cfg.stop == "none":
-            unused |= {"stop_window", "stop_patience", "stop_decay", "stop_emv_image"}
+        if cfg.stop == "none" or (cfg.stop == "sv" and not cfg.stop_observe):
+            unused |= {"stop_window", "stop_patience", "stop_decay"}  # no light rule watches
+        if cfg.stop != "emv" and not cfg.stop_observe:
+            unused.add("stop_emv_image")
+        if cfg.stop != "sv":
+            unused |= {"sv_window", "sv_patience", "sv_every"}
         unused |= {"task"} if TASKS[cfg.task].default else set()  # as every run before tasks
         unused |= {"loss_switch", "ssim_padding"} if cfg.loss != "l2_then_ssim" else set()
         unused |= {"lr_milestones", "lr_gamma"} if not cfg.lr_milestones else set()
@@ -366,11 +394,13 @@ class RunConfig:
             (self.reg_noise_std is not None and not self.reg_noise_std >= 0,
              "--reg_noise_std must be >= 0"),
             (self.seed < 0, "--seed must be >= 0"),
-            (self.stop_window < 1 or self.stop_patience < 1,
-             "--stop_window and --stop_patience must be >= 1"),
+            (min(self.stop_window, self.stop_patience, self.sv_window, self.sv_patience,
+                 self.sv_every) < 1,
+             "--stop_window, --stop_patience, --sv_window, --sv_patience and --sv_every must "
+             "be >= 1"),
             (not 0 < self.stop_decay < 1, "--stop_decay must be in (0, 1)"),
             (self.stop_observe and self.stop in (None, "none"),
-             "--stop_observe measures a rule: give --stop wmv or emv"),
+             "--stop_observe measures a rule: give --stop wmv, emv or sv"),
             (self.ema is not None and not 0 <= self.ema < 1, "--ema must be in [0, 1)"),
             (self.show_every < 1 or self.save_every < 1 or self.save_every % self.show_every,
              "--save_every must be a positive multiple of --show_every (>= 1)"),

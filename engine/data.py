@@ -101,7 +101,7 @@ def synthetic(cfg: RunConfig) -> Observation:
     """y = noise(A(x)) of the clean image x, A the task's operator (``Task.observe``)."""
     task = TASKS[cfg.task]
     loaded = clean_image(cfg)
-    x = fit_to_prior(loaded.pixels, cfg, loaded.source, multiple=task.crops_to_prior)
+    x = fit_to_prior(task.image(loaded.pixels), cfg, loaded.source, multiple=task.crops_to_prior)
     fit = lambda a, what: fit_to_prior(a, cfg, what, multiple=task.crops_to_prior)  # noqa: E731
     inputs, identity = task.inputs(cfg, x.shape, fit, Path(cfg.data_dir))
     physics = task.physics(cfg, inputs)

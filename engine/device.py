@@ -4,6 +4,7 @@ observers' buffers and, on a GPU, CUDA's 32-bit index limit)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -13,7 +14,8 @@ from engine.config import RunConfig
 from engine.loop import Speed, stopping_observers
 from models import PRIORS
 from tasks import TASKS
-from utils import InputError, memory
+from utils import InputError, memory, sv
+from utils.stopping import RULES, StoppingRule
 
 
 def pick_device(gpu: str | None) -> tuple[torch.device, str]:
@@ -52,9 +54,13 @@ def canvas(cfg: RunConfig, shape: Sequence[int]) -> list[int]:
 def kept_bytes(cfg: RunConfig, shape: Sequence[int]) -> int:
     """Bytes per run that the observers of ``cfg`` keep for images of ``shape`` (C, H, W): their
     buffers, built on the meta device (no memory) and counted (ES-WMV's ring of --stop_window
-    images, ES-EMV's average, the detected image, --ema's average)."""
+    images, ES-EMV's average, the detected image, --ema's average). SV-ES is counted apart, for
+    every run at once (``utils.sv.memory``)."""
+    light = (
+        cfg if RULES.get(cfg.stop, StoppingRule).light else dataclasses.replace(cfg, stop="none")
+    )
     with torch.device("meta"):
-        observers = stopping_observers(cfg, (1, *shape), torch.float32)
+        observers = stopping_observers(light, (1, *shape), torch.float32)
     return sum(b.numel() * b.element_size() for o in observers for b in o.buffers())
 
 
@@ -62,8 +68,9 @@ def memory_need(cfg: RunConfig, shape: Sequence[int], device: torch.device,
                 runs: int = 1) -> memory.Need:  # fmt: skip
     """The estimated peak memory of ``runs`` runs of ``cfg`` (resolved) on images of ``shape``
     (C, H, W): on the net's canvas (--pad rounds the sides up to the prior's multiple), on this
-    path, with what the observers keep; and, for the limit on a GPU, the elements of a run's
-    largest tensor that CUDA indexes with 32 bits."""
+    path, with what the observers keep (with --stop sv, SV-ES's windows and autoencoder:
+    ``utils.sv.memory``); and, for the limit on a GPU, the elements of a run's largest tensor
+    that CUDA indexes with 32 bits."""
     prior = PRIORS[cfg.prior]
     sides = canvas(cfg, shape)
     bf16 = Speed.of(cfg.fast, device).bf16
@@ -73,10 +80,12 @@ def memory_need(cfg: RunConfig, shape: Sequence[int], device: torch.device,
     need = memory.estimate(math.prod(sides), cfg.width, runs=runs, path=path,
                            optimizer_states=states, scale=prior.memory_scale,
                            kept=kept)  # fmt: skip
+    extra = sv.memory(*shape, cfg.sv_window, runs) if cfg.stop == "sv" else 0
     indexed = prior.indexed_elements(cfg.width, sides, TASKS[cfg.task].prior_options.get(
         cfg.prior, {}))  # fmt: skip
-    return memory.Need(need, math.prod(sides), cfg.width, runs, path, states, prior.memory_scale,
-                       prior.checkpointing, kept, indexed, device.type == "cuda")  # fmt: skip
+    return memory.Need(need + extra, math.prod(sides), cfg.width, runs, path, states,
+                       prior.memory_scale, prior.checkpointing, kept, indexed,
+                       device.type == "cuda", extra)  # fmt: skip
 
 
 def check_fits(cfg: RunConfig, shape: Sequence[int], device: torch.device, name: str) -> None:

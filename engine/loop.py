@@ -110,16 +110,16 @@ def require_resolved(cfg: RunConfig) -> None:
         raise ValueError("the settings must be resolved first: pass cfg.resolved()")
 
 
-def stopping_observers(cfg: RunConfig, shape: Sequence[int], dtype: torch.dtype
-                       ) -> list[Observer]:  # fmt: skip
-    """The observers ``cfg`` asks for, for K runs of images of ``shape`` (K, C, H, W): the output
-    moving average (``--ema``) and the stopping rule (``--stop``), or every rule when
-    ``--stop_observe`` measures them."""
+def stopping_observers(cfg: RunConfig, shape: Sequence[int], dtype: torch.dtype,
+                       seeds: Sequence[int] | None = None) -> list[Observer]:  # fmt: skip
+    """The observers ``cfg`` asks for, for K runs of images of ``shape`` (K, C, H, W) with these
+    ``seeds`` (default 0, 1, ...): the output moving average (``--ema``) and the stopping rule
+    (``--stop``), with the light rules too when ``--stop_observe`` measures them."""
+    seeds = range(shape[0]) if seeds is None else seeds
     observers: list[Observer] = [] if cfg.ema is None else [MovingAverage(cfg.ema, shape, dtype)]
-    names = RULES if cfg.stop_observe else [name for name in (cfg.stop,) if name in RULES]
-    rules = stopping_rules(names, cfg.stop_window, cfg.stop_patience, cfg.stop_decay, shape,
-                           dtype, cfg.stop_emv_image)  # fmt: skip
-    return observers + rules
+    names = [name for name, rule in RULES.items()
+             if name == cfg.stop or (cfg.stop_observe and rule.light)]  # fmt: skip
+    return observers + stopping_rules(names, cfg, shape, dtype, seeds)
 
 
 @dataclass(frozen=True)
@@ -426,7 +426,8 @@ def track_peaks(loop: Loop, j: int, x: Tensor) -> None:
     if loop.oracle is None:
         return
     images = {"": x} | {f"_{o.name}": e for o in loop.observers if (e := o.estimate()) is not None}
-    loop.oracle.update(j, images, loop.clean)
+    align = loop.model.operator.align  # (phase retrieval's ambiguities; else the identity)
+    loop.oracle.update(j, {name: align(e, loop.clean) for name, e in images.items()}, loop.clean)
 
 
 def finish_pending(loop: Loop, forward: Callable, steps: int) -> None:
@@ -457,9 +458,9 @@ def start_loop(
     if y.shape[0] != runs or len(seeds) != runs or (clean is not None and clean.shape[0] != runs):
         raise ValueError(f"{runs} runs need y (and clean) with {runs} rows and {runs} seeds")
     require_resolved(cfg)
-    operator = model.operator  # the observers watch x as the operator reports it (not y)
-    x_shape = (runs, *operator.crop_shape(operator.input_shape(y.shape[1:])))
-    observers = [*stopping_observers(cfg, x_shape, y.dtype), *observers]
+    # The observers watch the reported x (crop(x)), of the shape of the clean image, not y's.
+    reported = model.operator.crop_shape(model.operator.input_shape(y.shape[1:]))
+    observers = [*stopping_observers(cfg, (runs, *reported), y.dtype, seeds), *observers]
     speed = speed or Speed.of(cfg.fast, device, cfg.low_memory, deterministic=cfg.deterministic)
     estimates = [f"_{o.name}" for o in observers if o.estimate() is not None]
     oracle = None if clean is None else OraclePeak(["", *estimates], runs).to(device)
@@ -562,9 +563,10 @@ def log_row(loop: Loop, j: int, x: Tensor, losses: Tensor, seconds: float, bar: 
         columns |= observer.columns()
     observed = set(columns) - {"loss"}
     estimates = {o.name: e for o in loop.observers if (e := o.estimate()) is not None}
-    if loop.clean is not None:
+    if loop.clean is not None:  # each image aligned first (phase retrieval's ambiguities)
         images = {"": x} | {f"_{name}": e for name, e in estimates.items()}
         for suffix, image in images.items():
+            image = loop.model.operator.align(image, loop.clean)
             columns |= {name + suffix: f(image, loop.clean) for name, f in METRICS.items()}
     fired = [] if loop.stop is None else [loop.stop.fired]
     values = torch.stack([v.double() for v in [*columns.values(), *fired]]).tolist()
@@ -626,10 +628,18 @@ def snapshot(loop: Loop, iteration: int) -> list[dict | None]:
 
 
 def results(loop: Loop, done: int, seconds: float) -> list[FitResult]:
+    """Each run's result; its images aligned to its clean image, when there is one, as the
+    metrics see them (``Operator.align``: the identity but for phase retrieval)."""
     out = []
     rules = [o for o in loop.observers if isinstance(o, StoppingRule)]
     for k, history in enumerate(loop.histories):
         x, s, estimates = loop.last[k] or (None, None, {})
+        x = None if x is None else aligned(loop, k, x)
+        estimates = {name: aligned(loop, k, e) for name, e in estimates.items()}
+        detections = {rule.name: rule.outcome(k) for rule in rules}
+        for found in detections.values():
+            found["image"] = aligned_array(loop, k, found["image"])
+            found["others"] = {n: aligned_array(loop, k, a) for n, a in found["others"].items()}
         diverged, stopped = loop.diverged_at[k], loop.stopped_at[k]
         ended = diverged if diverged is not None else None if stopped is None else stopped + 1
         out.append(FitResult(
@@ -638,8 +648,20 @@ def results(loop: Loop, done: int, seconds: float) -> list[FitResult]:
             iterations=done if ended is None else ended, seconds=seconds,
             steps=done - loop.start, diverged_at=diverged, stopped_at=stopped,
             estimates={name: e.cpu().numpy() for name, e in estimates.items()},
-            detections={rule.name: rule.outcome(k) for rule in rules},
+            detections=detections,
             peaks={} if loop.oracle is None or stopped is not None else loop.oracle.outcome(k),
             log_seconds=loop.log_seconds,
         ))  # fmt: skip
     return out
+
+
+def aligned(loop: Loop, k: int, image: Tensor) -> Tensor:
+    """Run k's image (C, H, W) aligned to its clean image (as is without one)."""
+    if loop.clean is None:
+        return image
+    return loop.model.operator.align(image[None], loop.clean[k : k + 1])[0]
+
+
+def aligned_array(loop: Loop, k: int, image: np.ndarray) -> np.ndarray:
+    """``aligned`` for an image in host memory (a rule's detection)."""
+    return aligned(loop, k, torch.from_numpy(image).to(loop.y.device)).cpu().numpy()

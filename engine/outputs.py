@@ -25,7 +25,7 @@ class DivergedError(Exception):
 
 def save_inputs(rundir: RunDir, cfg: RunConfig, observation: Observation) -> None:
     """The observation, its clean reference, the task's inputs and the synthetic noise."""
-    rundir.save_image("noisy", observation.y)
+    rundir.save_image("noisy", TASKS[cfg.task].display(observation.y))
     if observation.clean is not None:
         rundir.save_image("clean", observation.clean)
     for name, image in TASKS[cfg.task].saved(observation.inputs).items():
@@ -34,10 +34,11 @@ def save_inputs(rundir: RunDir, cfg: RunConfig, observation: Observation) -> Non
         rundir.save_arrays("noise", noisy=observation.noise.noisy, **observation.noise.fields)
 
 
-def noisy_psnr(observation: Observation) -> float | None:
+def noisy_psnr(observation: Observation, task: str) -> float | None:
     """PSNR of the observation against the clean image: the input to beat (sr: the observation
-    upsampled by the same antialiased bicubic interpolation, clipped to [0, 1])."""
-    if observation.clean is None:
+    upsampled by the same antialiased bicubic interpolation, clipped to [0, 1]); None without a
+    clean image or when y is no image of x (phase retrieval)."""
+    if observation.clean is None or not TASKS[task].measures_image:
         return None
     y, clean = (torch.from_numpy(a)[None] for a in (observation.y, observation.clean))
     if y.shape != clean.shape:
@@ -49,7 +50,7 @@ def describe(cfg: RunConfig, observation: Observation, parameters: int, steps: d
     """The run's first line: what it is and what it recovers from."""
     source = observation.identity.get("image") or observation.identity["observed"]
     noise = f"{cfg.noise} {cfg.nlevel:g}" if observation.noise is not None else "observed"
-    reference = noisy_psnr(observation)
+    reference = noisy_psnr(observation, cfg.task)
     return (
         f"{cfg.ckpt}: {'' if TASKS[cfg.task].default else cfg.task + ', '}"
         f"{cfg.method} ({cfg.loss}), {cfg.prior} prior width {cfg.width} "
@@ -152,7 +153,7 @@ def make_report(cfg: RunConfig, observation: Observation, result: FitResult, con
         "versions": versions(), "wall_time_s": round(time.time() - context["started"], 2),
         "iterations_per_s": round(result.steps / result.seconds, 3) if result.seconds else None,
         "lr_c_used": lr_c, "alpha": None if lr_c is None else lr_c / cfg.lr,
-        "noisy_psnr": noisy_psnr(observation),
+        "noisy_psnr": noisy_psnr(observation, cfg.task),
     }  # fmt: skip
     report |= {f"final_{name}": value for name, value in last.items()}
     if "psnr" in last:

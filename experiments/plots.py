@@ -45,6 +45,7 @@ from experiments.sets import (  # noqa: E402
     compare_runs,
     figure_runs,
     readme_runs,
+    sv_runs,
 )
 from utils import InputError  # noqa: E402
 from utils.io import atomic_write, save_csv  # noqa: E402
@@ -57,13 +58,19 @@ LABELS = {"dop": "DOP", "dip": "DIP (L2)", "dip-l1": "DIP-L1",
           "decoder-dop": "deep decoder + DOP", "drp": "random projector",
           "lip": "lottery prior (transferred mask)"}  # fmt: skip
 BASELINE_LABELS = {"median3": "median 3×3", "median5": "median 5×5", "bm3d": "BM3D"}
+RULE_LABELS = {"wmv": "ES-WMV", "emv": "ES-EMV", "sv": "SV-ES"}  # the comparison's rules
+# Other detections the comparison shows where its runs have them (no oracle gap of their own).
+EXTRA_COLUMNS = {"emv_raw_psnr": "ES-EMV (raw x)", "find_best_psnr": "find_best"}
 COMPARE_FIELDS = [
     "image", "noise", "level", "method", "noisy_psnr", "last_psnr", "last_ssim", "wmv_psnr",
-    "wmv_iteration", "wmv_fired_at", "emv_psnr", "emv_iteration", "emv_fired_at",
-    "emv_raw_psnr", "find_best_psnr", "find_best_iteration",
-    "oracle_peak_psnr", "oracle_wmv_gap", "oracle_emv_gap", "iterations", "wall_time_s", "device",
-    "date",
+    "wmv_iteration", "wmv_fired_at", "emv_psnr", "emv_iteration", "emv_fired_at", "sv_psnr",
+    "sv_iteration", "sv_fired_at", "emv_raw_psnr", "find_best_psnr", "find_best_iteration",
+    "oracle_peak_psnr", "oracle_wmv_gap", "oracle_emv_gap", "oracle_sv_gap", "iterations",
+    "wall_time_s", "device", "date",
 ]  # fmt: skip
+# The comparison tables: the main one (every variant, the light rules) and SV-ES's own set.
+COMPARISONS = {"compare": ("comparison", compare_runs),
+               "compare-sv": ("comparison_sv", sv_runs)}  # fmt: skip
 TABLE_FIELDS = [
     "run", "image", "nlevel", "variant", "width", "num_iter", "lr_c_used", "noisy_psnr",
     "last_psnr", "last_ssim", "oracle_peak_psnr", "oracle_peak_iter", "drop_peak_to_last",
@@ -127,12 +134,14 @@ def write_table(rows: list[dict], profile: Profile, csv_path: Path, md_path: Pat
     atomic_write(md_path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
 
 
-def comparison_rows(cases: tuple[Case, ...], profile: Profile, out_dir: Path) -> list[dict]:
-    """The comparison's rows: each ended run of a case, then the case's baselines."""
+def comparison_rows(cases: tuple[Case, ...], profile: Profile, out_dir: Path,
+                    figure: str = "compare") -> list[dict]:  # fmt: skip
+    """The rows of comparison ``figure`` (``COMPARISONS``): each ended run of a case, then the
+    case's baselines (the main comparison's)."""
     rows = []
     for case in cases:
         where = {"image": case.image, "noise": case.noise, "level": case.nlevel}
-        for run in compare_runs((case,)):
+        for run in COMPARISONS[figure][1]((case,)):
             rundir = RunDir(out_dir, run.ckpt(profile))
             if (record := rundir.config()) is None:
                 continue
@@ -141,18 +150,17 @@ def comparison_rows(cases: tuple[Case, ...], profile: Profile, out_dir: Path) ->
             rows.append(where | {
                 "method": LABELS[run.variant], "noisy_psnr": r["noisy_psnr"],
                 "last_psnr": r["final_psnr"], "last_ssim": r["final_ssim"],
-                **{f"{rule}_{key}": r.get(f"{rule}_{name}") for rule in ("wmv", "emv")
+                **{f"{rule}_{key}": r.get(f"{rule}_{name}") for rule in RULE_LABELS
                    for key, name in (("psnr", "psnr"), ("iteration", "detected_iteration"),
                                      ("fired_at", "fired_at"))},
                 "emv_raw_psnr": r.get("emv_raw_psnr"), "find_best_psnr": r.get("find_best_psnr"),
                 "find_best_iteration": r.get("find_best_detected_iteration"),
-                "oracle_peak_psnr": r.get("oracle_peak_psnr"),
-                "oracle_wmv_gap": r.get("oracle_wmv_gap"),
-                "oracle_emv_gap": r.get("oracle_emv_gap"), "iterations": r["iterations_done"],
+                **{f"oracle_{rule}_gap": r.get(f"oracle_{rule}_gap") for rule in RULE_LABELS},
+                "oracle_peak_psnr": r.get("oracle_peak_psnr"), "iterations": r["iterations_done"],
                 "wall_time_s": r["wall_time_s"], "device": r["device"], "date": date,
             })  # fmt: skip
         path = case.baselines_path(out_dir)
-        if path.is_file():
+        if figure == "compare" and path.is_file():
             saved = json.loads(path.read_text())
             sigma = "σ given" if saved["sigma_given"] is not None else "σ estimated"
             for name, b in saved["baselines"].items():
@@ -162,84 +170,101 @@ def comparison_rows(cases: tuple[Case, ...], profile: Profile, out_dir: Path) ->
     return [{field: row.get(field) for field in COMPARE_FIELDS} for row in rows]
 
 
-def write_comparison(rows: list[dict], profile: Profile, table_dir: Path) -> list[Path]:
-    """docs/comparison_PROFILE.csv, then docs/COMPARISON.md from every profile's CSV there."""
+def write_comparison(rows: list[dict], profile: Profile, table_dir: Path,
+                     figure: str = "compare") -> list[Path]:  # fmt: skip
+    """docs/comparison_PROFILE.csv (or comparison_sv_PROFILE.csv for SV-ES's set), then
+    docs/COMPARISON.md from every profile's CSVs there."""
     table_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = table_dir / f"comparison_{profile.name}.csv"
+    csv_path = table_dir / f"{COMPARISONS[figure][0]}_{profile.name}.csv"
     save_csv(csv_path, COMPARE_FIELDS, ([row[k] for k in COMPARE_FIELDS] for row in rows))
     lines = [
         "# Comparison on the same noise",
         "",
-        "Generated by `plot.py` from the runs of `python reproduce.py compare` (see README, "
-        "'Early stopping'). Every method of a case sees the same noisy observation (seed 0). "
+        "Generated by `plot.py` from the runs of `python reproduce.py compare` and `python "
+        "reproduce.py compare-sv` (see README, 'Early stopping'). Every method of a case sees "
+        "the same noisy observation (seed 0). "
         "PSNR (dB) / SSIM of the recovered image against the clean one. **last**: the last "
-        "iterate, the result without a stopping rule. **ES-WMV**, **ES-EMV**: the iterate each "
-        "rule detected, without ground truth, and (in brackets) the detected iteration / the "
-        "iteration at which it fired (a run with `--stop` stops at the first logged row after "
-        "it; 'no': it had not fired by the last iteration, where such a run ends, returning "
-        "the iterate shown); ES-WMV's image is the output x there, ES-EMV's its moving average "
-        "(the ES-EMV notebook's; **ES-EMV (raw x)**: the output there, `--stop_emv_image "
-        "raw`). **find_best**: the deep decoder's rule, also without ground truth: the net "
-        "after the last step that lowered the training loss below best/1.005. The runs go on "
-        "to the last iteration (`--stop_observe`), so 'iterations' and 'wall time' are those "
-        "of the whole run. "
+        "iterate, the result without a stopping rule. **ES-WMV**, **ES-EMV**, **SV-ES**: the "
+        "iterate each rule detected, without ground truth, and (in brackets) the detected "
+        "iteration / the iteration at which it fired (a run with `--stop` stops at the first "
+        "logged row after it; 'no': it had not fired by the last iteration, where such a run "
+        "ends, returning the iterate shown); ES-WMV's and SV-ES's image is the output x there, "
+        "ES-EMV's its moving average (the ES-EMV notebook's; **ES-EMV (raw x)**: the output "
+        "there, `--stop_emv_image raw`). **find_best**: the deep decoder's rule, also without "
+        "ground truth: the net after the last step that lowered the training loss below "
+        "best/1.005. The runs go on to the last iteration (`--stop_observe`), so 'iterations' "
+        "and 'wall time' are those of the whole run. "
         "**oracle peak**: the best PSNR over the logged rows and the detected iterates; it "
         "uses the clean image, as does the **gap** (oracle peak − detected PSNR). Baselines: "
         "median filters and BM3D (σ given for Gaussian noise, else estimated) on the same "
-        "observation.",
+        "observation. SV-ES (self-validation, Li et al., BMVC 2021) costs a hundred DIP "
+        "iterations per check: it watches its own set of runs (`compare-sv`: DIP and DIP-L1 at "
+        "Gaussian 0.18 and 50% impulse noise), where the two light rules watch too, so the "
+        "three rules are compared on the same trajectories.",
     ]
     for known in (PROFILES | {profile.name: profile}).values():
-        path = table_dir / f"comparison_{known.name}.csv"
-        if path.is_file():
-            with path.open() as f:
-                lines += comparison_section(known, list(csv.DictReader(f)))
+        for (stem, _), title in zip(COMPARISONS.values(), ("", " — SV-ES's set"), strict=True):
+            path = table_dir / f"{stem}_{known.name}.csv"
+            if path.is_file():
+                with path.open() as f:
+                    lines += comparison_section(known, list(csv.DictReader(f)), title)
     md_path = table_dir / "COMPARISON.md"
     atomic_write(md_path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
     return [csv_path, md_path]
 
 
-def comparison_section(profile: Profile, rows: list[dict]) -> list[str]:
-    """One profile's tables: means over the images per noise level, then every case."""
+def comparison_section(profile: Profile, rows: list[dict], title: str = "") -> list[str]:
+    """One profile's tables: means over the images per noise level, then every case; SV-ES's
+    columns where its runs recorded it."""
     number = lambda v, d=2: "—" if v in ("", None) else f"{float(v):.{d}f}"  # noqa: E731
+    rules = [rule for rule in RULE_LABELS if any(r.get(f"{rule}_psnr") for r in rows)]
+    rules = rules or ["wmv", "emv"]
     images = list(dict.fromkeys(r["image"] for r in rows))
     devices = sorted({r["device"] for r in rows if r["device"]})
     dates = sorted({r["date"] for r in rows if r["date"]})
     flag = "" if profile.name == "full" else f" --{profile.name}"
+    figure = "compare-sv" if "sv" in rules else "compare"
     if set(images) != set(PAPER_IMAGES):
         flag += f" --images {','.join(images)}"
+    sv = (f"; SV-ES with W = 256, P = 500, a check every {profile.sv_every} iteration(s)"
+          if "sv" in rules else "")  # fmt: skip
+    labels = [RULE_LABELS[rule] for rule in rules]
+    extras = {k: label for k, label in EXTRA_COLUMNS.items() if any(r.get(k) for r in rows)}
     lines = [
-        "", f"## Profile `{profile.name}`", "",
-        f"`python reproduce.py compare{flag}`: crop {profile.crop or 'none'}, width × "
+        "", f"## Profile `{profile.name}`{title}", "",
+        f"`python reproduce.py {figure}{flag}`: crop {profile.crop or 'none'}, width × "
         f"{profile.width_scale:g}, iterations × {profile.iter_scale:g} "
-        f"({profile.num_iter(FULL_ITERS)}), {lr_c_rule(profile)}; both rules with W = 100, "
-        f"P = 1000, a = 0.1. Images: {', '.join(images)}. Device of the runs: "
+        f"({profile.num_iter(FULL_ITERS)}), {lr_c_rule(profile)}; ES-WMV and ES-EMV with W = "
+        f"100, P = 1000, a = 0.1{sv}. Images: {', '.join(images)}. Device of the runs: "
         f"{'; '.join(devices)} (flags that only spread the runs, such as `--jobs`, are not "
         f"recorded). "
         f"Date: {', '.join(dates)}.", "",
         *([f"{LABELS['lip']}: {LIP_MASKS.describe(profile)}.", ""]
           if any(r["method"] == LABELS["lip"] for r in rows) else []),
         "Means over the images:", "",
-        "| noise | method | last | ES-WMV | ES-EMV | ES-EMV (raw x) | find_best | oracle peak "
-        "| WMV gap (oracle) | EMV gap (oracle) |", "|" + "---|" * 10,
+        "| noise | method | last | " + " | ".join([*labels, *extras.values()]) + " | oracle peak | "
+        + " | ".join(f"{rule.upper()} gap (oracle)" for rule in rules) + " |",
+        "|" + "---|" * (4 + 2 * len(rules) + len(extras)),
     ]  # fmt: skip
-    keys = ["last_psnr", "wmv_psnr", "emv_psnr", "emv_raw_psnr", "find_best_psnr",
-            "oracle_peak_psnr", "oracle_wmv_gap", "oracle_emv_gap"]  # fmt: skip
+    keys = ["last_psnr", *(f"{rule}_psnr" for rule in rules), *extras, "oracle_peak_psnr",
+            *(f"oracle_{rule}_gap" for rule in rules)]  # fmt: skip
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["noise"], r["level"], r["method"]), []).append(r)
     for (noise, level, method), group in groups.items():
-        means = [np.mean([float(r[k]) for r in group]) if all(r.get(k) for r in group)
-                 else None for k in keys]  # fmt: skip
+        means = [np.mean([float(r[k]) for r in group]) if all(r.get(k) for r in group) else None
+                 for k in keys]  # fmt: skip
         lines.append(f"| {noise} {level} | {method} | " + " | ".join(map(number, means)) + " |")
     lines += ["", "Every case:", "",
-              "| image | noise | method | last PSNR / SSIM | ES-WMV (iter / fired) "
-              "| ES-EMV (iter / fired) | oracle peak | iterations | wall time (s) |",
-              "|" + "---|" * 9]  # fmt: skip
+              "| image | noise | method | last PSNR / SSIM | "
+              + " | ".join(f"{label} (iter / fired)" for label in labels)
+              + " | oracle peak | iterations | wall time (s) |",
+              "|" + "---|" * (7 + len(rules))]  # fmt: skip
     for r in rows:
-        wmv, emv = (detection(r, rule, number) for rule in ("wmv", "emv"))
+        found = " | ".join(detection(r, rule, number) for rule in rules)
         lines.append(
             f"| {r['image']} | {r['noise']} {r['level']} | {r['method']} "
-            f"| {number(r['last_psnr'])} / {number(r['last_ssim'], 3)} | {wmv} | {emv} "
+            f"| {number(r['last_psnr'])} / {number(r['last_ssim'], 3)} | {found} "
             f"| {number(r['oracle_peak_psnr'])} | {r['iterations'] or '—'} "
             f"| {number(r['wall_time_s'], 1)} |"
         )
@@ -248,7 +273,7 @@ def comparison_section(profile: Profile, rows: list[dict]) -> list[str]:
 
 def detection(row: dict, rule: str, number) -> str:
     """'PSNR (detected iteration / fired at)' of a rule in a comparison row."""
-    if not row[f"{rule}_psnr"]:
+    if not row.get(f"{rule}_psnr"):
         return "—"
     fired = row[f"{rule}_fired_at"] or "no"
     return f"{number(row[f'{rule}_psnr'])} ({row[f'{rule}_iteration']} / {fired})"
@@ -396,9 +421,9 @@ def draw(
             plot_curves([(case.label, runs)], profile, out_dir, path, "README curve", 1, (6, 4))
         elif name == "lrc":
             plot_sweep(tuple(dict.fromkeys(cases["fig3"] + cases["fig4"])), profile, out_dir, path)
-        if name == "compare":
-            rows = comparison_rows(cases["compare"], profile, out_dir)
-            written += write_comparison(rows, profile, table_dir)
+        if name in COMPARISONS:
+            rows = comparison_rows(cases[name], profile, out_dir, name)
+            written += write_comparison(rows, profile, table_dir, name)
         else:
             written.append(path)
     for table, figures in TABLES.items():  # every run of the group found, whatever was asked

@@ -51,6 +51,12 @@ PAPER_VARIANTS = ("dop", "dip", "dip-l1")  # what the paper's figures compare
 COMPARE_VARIANTS = tuple(VARIANTS)
 COMPARE_NOISES = (("salt_pepper", 0.3), ("salt_pepper", 0.5), ("salt_pepper", 0.7),
                   ("gaussian", 0.12), ("gaussian", 0.18), ("gaussian", 0.26))  # fmt: skip
+# SV-ES's own measured set (docs/COMPARISON.md): its autoencoder costs a hundred DIP iterations
+# per check at the quick profile on a CPU (docs/RESULTS.md, "Self-validation early stopping"),
+# too much to watch every comparison run, so it watches DIP and DIP-L1 (its paper's DIP runs, MSE
+# and L1) on one Gaussian and one impulse case, with the two light rules beside it.
+SV_VARIANTS = ("dip", "dip-l1")
+SV_NOISES = (("gaussian", 0.18), ("salt_pepper", 0.5))
 # The lr_c sweep: lr_c used on the image (--lr_c_scaling none), from the public 500 down by 2s.
 LR_C_SWEEP = tuple(500 / 2**k for k in range(7))
 SWEEP_WIDTHS = (64, 192)  # paper widths of the sweep's extra F16 50% runs (128 is in every case)
@@ -71,6 +77,7 @@ class Profile:
     imp_rounds: int = 16  # the mask search of the lottery prior (MaskSearch): IMP rounds and
     imp_iters: int = 3000  # iterations per round (16 and 3000: the LIP paper's)
     min_iters: int = 1  # a run's iterations are at least this, or its paper's if fewer
+    sv_every: int = 1  # SV-ES checks every N iterations (1: the public code's)
 
     def width(self, paper_width: int) -> int:
         return max(1, round(paper_width * self.width_scale))
@@ -115,6 +122,9 @@ PROFILES = {
         imp_rounds=5,  # 5 rounds of 500 iterations: docs/RESULTS.md's LIP setting
         imp_iters=500,
         min_iters=3000,
+        # SV-ES checks every 10th iteration: 3.4 s a check on this CPU, 16 min a run instead of
+        # 2.6 h (docs/FIDELITY.md measures the difference against every iteration).
+        sv_every=10,
     ),  # fmt: skip
 }
 
@@ -132,7 +142,8 @@ class Run:
     seed: int = 0  # the same seed = the same noise realization for every variant
     lr_c: float | None = None  # DOP's lr_c used on the image (the lr_c sweep); None: the profile's
     noise: str = "salt_pepper"  # denoising.py --noise
-    observe: bool = False  # both stopping rules watch (--stop wmv --stop_observe), finer rows
+    observe: bool = False  # the stopping rules watch (--stop RULE --stop_observe), finer rows
+    rule: str = "wmv"  # the rule of an observing run: wmv (with emv) or sv (with wmv and emv)
 
     def paper_width(self) -> int:
         """The width at the paper's scale: the run's, or its prior's (128; 64 for drp)."""
@@ -151,7 +162,7 @@ class Run:
         return (
             f"{self.image}_{noise_tag(self.noise, self.nlevel)}_{self.variant}"
             f"_w{profile.width(self.paper_width())}_s{self.seed}{sweep}"
-            f"{'_es' if self.observe else ''}"
+            f"{('_sv' if self.rule == 'sv' else '_es') if self.observe else ''}"
         )
 
     def show_every(self, profile: Profile) -> int:
@@ -169,7 +180,8 @@ class Run:
         if self.lr_c is not None:  # the sweep: lr_c used on the image, as given
             settings |= {"lr_c": self.lr_c, "lr_c_scaling": "none"}
         if self.observe:
-            settings |= {"stop": "wmv", "stop_observe": True}
+            settings |= {"stop": self.rule, "stop_observe": True}
+            settings |= {"sv_every": profile.sv_every} if self.rule == "sv" else {}
         if self.needs_mask():
             settings["mask"] = str(LIP_MASKS.mask(profile, out_dir.resolve()))
         return profile.config(self.variant, self.paper_width(), self.paper_iters(), **settings)
@@ -199,9 +211,9 @@ class Case:
         return out_dir / f"{self.image}_{noise_tag(self.noise, self.nlevel)}_s0_baselines.json"
 
     def run(self, variant: str, width: int | None = None, lr_c: float | None = None,
-            observe: bool = False) -> Run:  # fmt: skip
+            observe: bool = False, rule: str = "wmv") -> Run:  # fmt: skip
         return Run(self.image, self.nlevel, variant, width, lr_c=lr_c, noise=self.noise,
-                   observe=observe)  # fmt: skip
+                   observe=observe, rule=rule)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -296,11 +308,19 @@ def compare_runs(cases: tuple[Case, ...]) -> list[Run]:
     return [case.run(v, observe=True) for case in cases for v in COMPARE_VARIANTS]
 
 
+def sv_runs(cases: tuple[Case, ...]) -> list[Run]:
+    """SV-ES's set: its variants on its cases, SV-ES and the two light rules watching."""
+    return [case.run(v, observe=True, rule="sv") for case in cases for v in SV_VARIANTS]
+
+
 COMPARE_CASES = tuple(Case(image, level, noise) for image in PAPER_IMAGES
                       for noise, level in COMPARE_NOISES)  # fmt: skip
+SV_CASES = tuple(Case(image, level, noise) for noise, level in SV_NOISES
+                 for image in PAPER_IMAGES)  # fmt: skip
 PAPER_FIGURES = ("fig3", "fig4", "fig5", "readme")  # what "all" names
-FIGURE_NAMES = (*PAPER_FIGURES, "lrc", "compare")
-DEFAULT_CASES = {"fig3": FIG3_CASES, "fig4": FIG4_CASES, "compare": COMPARE_CASES}
+FIGURE_NAMES = (*PAPER_FIGURES, "lrc", "compare", "compare-sv")
+DEFAULT_CASES = {"fig3": FIG3_CASES, "fig4": FIG4_CASES, "compare": COMPARE_CASES,
+                 "compare-sv": SV_CASES}  # fmt: skip
 
 
 def check_names(names: list[str]) -> list[str]:
@@ -318,7 +338,7 @@ def figure_runs(names: list[str], cases: dict[str, tuple[Case, ...]] | None = No
     """The distinct runs of the named figures ("all" = every figure), in a stable order.
 
     ``cases`` replaces the cases of Figures 3 and 4 (and so of Figures 5, the README curve, whose
-    case is Figure 3's first, and the lr_c sweep) and of the comparison; tests shrink them.
+    case is Figure 3's first, and the lr_c sweep) and of the comparisons; tests shrink them.
     """
     cases = DEFAULT_CASES | (cases or {})
     sets = {
@@ -328,5 +348,6 @@ def figure_runs(names: list[str], cases: dict[str, tuple[Case, ...]] | None = No
         "readme": lambda: [run for case in cases["fig3"][:1] for run in readme_runs(case)],
         "lrc": lambda: sweep_runs(tuple(dict.fromkeys(cases["fig3"] + cases["fig4"]))),
         "compare": lambda: compare_runs(cases["compare"]),
+        "compare-sv": lambda: sv_runs(cases["compare-sv"]),
     }
     return list(dict.fromkeys(run for name in check_names(names) for run in sets[name]()))

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from utils.seeding import derive_seed
-from utils.state import stack_states
+from utils.state import per_run_module
 
 
 class Prior(nn.Module):
@@ -104,20 +104,10 @@ class Prior(nn.Module):
 
 
 def per_run_net(build: Callable[[int], nn.Module], seeds: Sequence[int]) -> nn.Module:
-    """One net for K = len(seeds) runs. ``build(groups)`` makes a net of ``groups`` independent
-    groups; run k's weights are those ``build(1)`` draws from the "weights" stream of seeds[k]
-    (the global random stream is left as it was), stacked into ``build(K)`` along dimension 0."""
-    nets = []
-    for seed in seeds:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(seed, "weights"))
-            nets.append(build(1))
-    if len(nets) == 1:
-        return nets[0]
-    with torch.random.fork_rng(devices=[]):
-        net = build(len(nets))
-    net.load_state_dict(stack_states([n.state_dict() for n in nets]))
-    return net
+    """One net for K = len(seeds) runs: ``utils.state.per_run_module`` from each run's "weights"
+    stream (run k's weights are those ``build(1)`` draws from seeds[k]'s stream, stacked into
+    ``build(K)`` along dimension 0)."""
+    return per_run_module(build, seeds, "weights")
 
 
 def per_run_input(seeds: Sequence[int], shape: Sequence[int], draw=torch.rand, later: int = 0

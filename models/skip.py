@@ -447,6 +447,10 @@ class SkipPrior(Prior):
     image's pixels. K seeds make K runs: one grouped net (K groups), z of shape (K, 32, H, W).
     ``input_depth`` and ``skip`` change z's channels and the skip channels, ``nonlocal_from``
     the first scale with a non-local block (SelfDeblur: 8, 16, 2: ``tasks/deblur.py``).
+    ``generators`` = G splits the C output channels among G independent nets with inputs of
+    their own (z of G·32 channels), each making C/G channels: two for phase retrieval's "double
+    DIP" (the magnitude and the phase, Zhuang et al., 2022). A run is then G groups of the
+    grouped net (KG groups for K runs), so its state stacks and splits by runs as before.
     """
 
     defaults = {"method": "dop", "alg": "sgd", "lr": 1.0, "reg_noise_std": 1.0 / 30.0}
@@ -464,16 +468,21 @@ class SkipPrior(Prior):
         skip: int = 4,
         input_depth: int = INPUT_DEPTH,
         nonlocal_from: int | None = None,
+        generators: int = 1,
     ) -> None:
         super().__init__()
         channels, h, w = image_shape
+        if generators < 1 or channels % generators:
+            raise ValueError(f"{generators} generators cannot share {channels} channels")
         self.image_size = (h, w)
         step, least = 2**scales, min_input_size(scales)
         canvas = [max(least, -(-s // step) * step) for s in (h, w)] if pad else [h, w]
-        sizes = dict(in_channels=input_depth, out_channels=channels, width=width, scales=scales,
-                     skip=skip, nonlocal_from=nonlocal_from)  # fmt: skip
-        self.net = per_run_net(lambda groups: SkipNet(**sizes, groups=groups), seeds)
-        self.register_buffer("input", per_run_input(seeds, (input_depth, *canvas)) * INPUT_SCALE)
+        sizes = dict(in_channels=input_depth, out_channels=channels // generators, width=width,
+                     scales=scales, skip=skip, nonlocal_from=nonlocal_from)  # fmt: skip
+        g = generators
+        self.net = per_run_net(lambda groups: SkipNet(**sizes, groups=groups * g), seeds)
+        depth = g * input_depth  # the G nets' inputs side by side
+        self.register_buffer("input", per_run_input(seeds, (depth, *canvas)) * INPUT_SCALE)
 
     def forward(self, eta: Tensor | None) -> Tensor:
         z = self.input if eta is None else self.input + eta

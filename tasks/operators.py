@@ -9,8 +9,11 @@ it forward; it never needs an adjoint. Besides ``forward`` an operator says
   (the observation's: smaller than x for super-resolution and a 'valid' blur), and its inverse
   ``input_shape``: the shape of x for an observation of a given shape;
 * ``crop(x)``: the part of x that is reported and compared with the clean image (all of x, except
-  for a 'valid' blur: the centre of the observation's size, as SelfDeblur reports it), of shape
-  ``crop_shape((C, H, W))``.
+  for a 'valid' blur: the centre of the observation's size, as SelfDeblur reports it; phase
+  retrieval: the magnitude), of shape ``crop_shape((C, H, W))``;
+* ``align(x, reference)``: that part moved onto the clean reference over what the observation
+  cannot tell apart, before any metric (the identity, except for phase retrieval's shifts and
+  twin image).
 
 =============== ============================================== =====================================
 operator        A(x)                                            shapes
@@ -21,6 +24,7 @@ operator        A(x)                                            shapes
 ``Lanczos2``    Lanczos-2 ×1/s, strided (the DIP's, DRP's SR)    (C, H, W) → (C, H/s, W/s)
 ``Blur``        x ∗ k, 'valid' (deblurring)                     (C, H, W) → (C, H−kh+1, W−kw+1)
 ``KernelNet``   x ∗ G_k(z_k), 'valid' (blind deblurring)        as ``Blur``
+``FarField``    |F(pad(m e^{iφ}))| (phase retrieval), x = (m, φ)  (2C, n, n) → (C, N, N), N ≥ 2n
 =============== ============================================== =====================================
 """
 
@@ -33,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from utils.metrics import align_fourier
 from utils.seeding import derive_seed
 
 
@@ -55,6 +60,10 @@ class Operator(nn.Module):
     def crop_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         """The shape of ``crop(x)`` for x of ``shape``."""
         return tuple(shape)
+
+    def align(self, x: Tensor, reference: Tensor) -> Tensor:
+        """``crop(x)`` (K, ...) moved onto the clean reference before the metrics."""
+        return x
 
 
 class Identity(Operator):
@@ -307,3 +316,89 @@ class KernelNet(Blur):
         k = torch.arange(runs, device=x.device)[:, None, None, None]
         c = torch.arange(channels, device=x.device)[None, :, None, None]
         return x[k, c, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class FarField(Operator):
+    """Far-field (Fourier) phase retrieval, as in coherent diffraction imaging (CDI): the object
+    o = m ⊙ e^{iφ} (n1 x n2, complex) is zero-padded into an N1 x N2 canvas (the known support S,
+    a box; oversampling N/n ≥ 2 per side, so that |F| determines o up to the trivial ambiguities)
+    and only the magnitudes of its discrete Fourier transform are measured:
+
+        A(x) = |F(P o)|,  F the orthonormal 2-D DFT (Σ|A(x)|² = Σ|o|², Parseval).
+
+    x (K, 2C, n1, n2) holds the magnitude m = x[:, :C] and the phase in [0, 1] (a sigmoid's
+    output): φ = π (2 x[:, C:] − 1) ∈ (−π, π) (Zhuang et al.'s two generators, models/skip.py
+    ``generators``). ``supports`` (K, N1, N2): each run's box (the same box for every run). The
+    reported image is m (``crop``), aligned to the clean one over the shifts and the twin image
+    (``utils.metrics.align_fourier``) before any metric; the global phase leaves m unchanged."""
+
+    def __init__(self, supports: Tensor) -> None:
+        super().__init__()
+        if supports.dim() != 3:
+            raise ValueError(f"supports must be (K, N1, N2), got {tuple(supports.shape)}")
+        rows, cols = (supports[0].any(axis).nonzero()[:, 0] for axis in (1, 0))
+        self.canvas = tuple(supports.shape[-2:])
+        self.top, self.left = int(rows[0]), int(cols[0])
+        self.size = (int(rows[-1]) - self.top + 1, int(cols[-1]) - self.left + 1)
+        self.register_buffer("support", supports.float())
+
+    def pad(self, o: Tensor) -> Tensor:
+        """P: the object (…, n1, n2) in its box of the canvas (…, N1, N2), zero outside."""
+        (big_h, big_w), (h, w) = self.canvas, self.size
+        return F.pad(o, (self.left, big_w - w - self.left, self.top, big_h - h - self.top))
+
+    def unpad(self, canvas: Tensor) -> Tensor:
+        """The box of a canvas: P's adjoint."""
+        h, w = self.size
+        return canvas[..., self.top : self.top + h, self.left : self.left + w]
+
+    def object(self, x: Tensor) -> Tensor:
+        """o = m e^{iφ} (K, C, n1, n2), complex, in float32 at least (FFTs under autocast)."""
+        c = x.shape[1] // 2
+        magnitude, phase = x[:, :c].float(), x[:, c:].float()
+        return torch.polar(magnitude, torch.pi * (2 * phase - 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.fft.fft2(self.pad(self.object(x)), norm="ortho").abs()
+
+    def output_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        return shape[0] // 2, *self.canvas
+
+    def input_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        return 2 * shape[0], *self.size
+
+    def crop(self, x: Tensor) -> Tensor:
+        return x[:, : x.shape[1] // 2]
+
+    def crop_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        return shape[0] // 2, *shape[1:]
+
+    def align(self, x: Tensor, reference: Tensor) -> Tensor:
+        """The magnitudes x (K, C, n1, n2) on the canvas, moved onto the reference's over the
+        circular shifts and the twin, back in the box (what shifts out of it is lost)."""
+        moved = align_fourier(self.pad(x), self.pad(reference.to(x.dtype)), phase=False)
+        return self.unpad(moved)
+
+
+class KnownPhase(FarField):
+    """The far-field measurement of a true object: x (K, C, n1, n2) is its magnitude, ``phase``
+    (n1, n2) its phase, A(x) = |F(P(x e^{iφ}))|; what makes a synthetic observation."""
+
+    def __init__(self, supports: Tensor, phase: Tensor) -> None:
+        super().__init__(supports)
+        self.register_buffer("phase", phase.float())
+
+    def object(self, x: Tensor) -> Tensor:
+        return torch.polar(x.float(), self.phase.expand_as(x))
+
+    def output_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        return shape[0], *self.canvas
+
+    def input_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        return shape[0], *self.size
+
+    def crop(self, x: Tensor) -> Tensor:
+        return x
+
+    def crop_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        return tuple(shape)

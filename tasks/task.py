@@ -22,7 +22,10 @@ DeepInverse calls this the physics. A task owns, for one kind of observation:
   the default: SelfDeblur's for deblurring, beside Zhuang et al.'s), and ``unused(cfg)``: its
   own settings that play no part in a run (left out of what defines it);
 * ``outputs(operator, k, observation)``: what a finished run writes besides the image (blind
-  deblurring: the estimated kernel, its correlation with the true one).
+  deblurring: the estimated kernel, its correlation with the true one);
+* ``image(pixels)``: the clean image made of the loaded one (phase retrieval: its luminance);
+  ``display(y)``: the observation shown as noisy.png; ``measures_image``: whether y is an
+  image of x, whose PSNR is the input's (not a diffraction pattern).
 
 The x that the prior generates has ``operator.input_shape(y.shape)``; what is reported and compared
 with the clean image is ``operator.crop(x)``. A new task is a file in tasks/ with a subclass of
@@ -75,6 +78,7 @@ class Task:
     keeps_shape: ClassVar[bool] = True  # A(x) has x's shape (an observed y is the canvas)
     noisy_by_default: ClassVar[bool] = False  # --nlevel default: the noise type's, or 0
     default: ClassVar[bool] = False  # the default task: unnamed in a run's identity and lines
+    measures_image: ClassVar[bool] = True  # y is an image of x (its PSNR is the input's)
 
     def check(self, cfg: Any) -> None:
         """Refuse this task's bad settings in one line."""
@@ -114,6 +118,15 @@ class Task:
             clean = physics(torch.from_numpy(x)[None]).numpy()[0]
         noise = corrupt(clean, cfg.noise, cfg.nlevel, seed, cfg.mixture_sigma)
         return noise.noisy, noise
+
+    def image(self, pixels: np.ndarray) -> np.ndarray:
+        """The clean image a synthetic observation is made of, from the loaded (C, H, W)
+        pixels (phase retrieval: their luminance)."""
+        return pixels
+
+    def display(self, y: np.ndarray) -> np.ndarray:
+        """The observation as an image in [0, 1] (noisy.png)."""
+        return y
 
     def saved(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Images of the inputs written beside the run (RunDir names), shown in [0, 1]."""

@@ -178,7 +178,7 @@ def curves(t: Path, *more: str) -> list[str]:
         (denoising.main, lambda t: cli(t, "--ckpt", "c" * 300), "--ckpt is 300 characters"),
         (denoising.main, lambda t: cli(t, "--out_dir", str(t / ("d" * 300))), "too long"),
         (denoising.main, lambda t: cli(t, "--image", "astronaut", "--pad", crop="10"), "11"),
-        (denoising.main, lambda t: blind_deblur(t, "100"), "--kernel_size 100 exceeds the 56x56"),
+        (denoising.main, lambda t: blind_deblur(t, "100"), "kernel box 100x100 exceeds the 56x56"),
         (reproduce.main, lambda t: ["--quick", "fig5", "--images", "Nope", *out(t)], "Nope"),
         (reproduce.main, lambda t: ["--quick", "fig5", "--images", "F16,Nope", *out(t)], "Nope"),
         (structural_bias.main, lambda t: curves(t, "--crop", "10"), "--crop 10"),

@@ -111,6 +111,8 @@ class Need:
         """Whether it fits ``have`` bytes, and (on a GPU) the 32-bit index limit."""
         return self.bytes <= have and self.indexable
 
+    extra: int = 0  # bytes for all runs beside these (SV-ES's windows and autoencoder)
+
     def __str__(self) -> str:
         return f"{gigabytes(self.bytes)} ({self.path.replace('_', '-')} path)"
 
@@ -202,11 +204,12 @@ def advice(need: Need, have: int, side: int, multiple: int,
     options = []
     more = {"runs": need.runs, "optimizer_states": need.optimizer_states, "scale": need.scale,
             "kept": need.kept}  # fmt: skip
+    have -= need.extra  # (kept as it is: a smaller crop would shrink it a little)
     if "low_memory" not in need.path and need.checkpointing and need.indexable:
         low = "fast+low_memory" if need.path == "fast" else "low_memory"
         low_need = estimate(need.pixels, need.width, path=low, **more)
         if low_need <= have:
-            options.append(f"--low_memory (about {gigabytes(low_need)})")
+            options.append(f"--low_memory (about {gigabytes(low_need + need.extra)})")
     more["path"] = need.path
 
     def indexable(crop: int, width: int) -> bool:

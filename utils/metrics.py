@@ -239,3 +239,44 @@ def success_share(ratios, threshold: float = 3.0) -> float:
     """The fraction of error ratios below ``threshold`` (Levin et al.'s 'below 3' success)."""
     ratios = list(ratios)
     return sum(r < threshold for r in ratios) / len(ratios) if ratios else math.nan
+
+
+def twin(x: Tensor) -> Tensor:
+    """The twin image of Fourier phase retrieval, conj(x(−r mod N)) over the last two
+    dimensions: |F(twin(x))| = |F(x)| (the flip that maps index i to −i mod N, conjugated)."""
+    return x.flip(-2, -1).roll((1, 1), (-2, -1)).conj()
+
+
+def align_fourier(estimate: Tensor, reference: Tensor, phase: bool = True) -> Tensor:
+    """``estimate`` moved onto ``reference`` over the trivial ambiguities of Fourier phase
+    retrieval, which every object of the same |F(x)| on a canvas shares (Fienup, 1982; Bates,
+    1982): the circular shifts x(r − t), the twin conj(x(−r)) (``twin``) and, with ``phase``,
+    the global phase e^{iθ} x. Of these the one closest to the reference in the Frobenius norm:
+
+        min_{x', t, θ} ‖e^{iθ} x'(· − t) − x‖²,   x' ∈ {x̂, twin(x̂)},
+
+    = ‖x̂‖² + ‖x‖² − 2 max |c(t)|, c(t) = Σ_r conj(x'(r − t)) x(r) = F⁻¹(conj(F x') F x)(t), so every
+    shift is scored at once by FFTs, and θ = arg c(t). Without ``phase`` (real images, e.g.
+    magnitudes, where −x is no candidate) the score is Re c(t), θ = 0. (K, C, H, W) tensors, real
+    or complex, any H, W; the shift is common to the C channels; on the device, without a host
+    sync. prDeep's disambig2Drfft.m (ricedsp/prDeep) does this search one shift at a time and
+    flips without conjugating (right for real images only)."""
+    k, c, h, w = estimate.shape
+    candidates = torch.stack([estimate, twin(estimate)])  # (2, K, C, H, W)
+    spectrum = torch.fft.fft2(reference.to(candidates.dtype))
+    corr = torch.fft.ifft2(torch.fft.fft2(candidates).conj() * spectrum).sum(2)  # (2, K, H, W)
+    score = corr.abs() if phase else corr.real
+    best = score.transpose(0, 1).reshape(k, -1).argmax(1)  # (K,) over (twin?, row, column)
+    which, shift = best // (h * w), best % (h * w)
+    ti, tj = shift // w, shift % w
+    device = estimate.device
+    runs, channels = torch.arange(k, device=device), torch.arange(c, device=device)
+    rows = (torch.arange(h, device=device) - ti[:, None]) % h  # r − t
+    cols = (torch.arange(w, device=device) - tj[:, None]) % w
+    chosen = candidates[which, runs]  # (K, C, H, W)
+    moved = chosen[runs[:, None, None, None], channels[:, None, None], rows[:, None, :, None],
+                   cols[:, None, None, :]]  # fmt: skip
+    if not phase:
+        return moved
+    at = corr[which, runs, ti, tj]
+    return moved * torch.where(at.abs() > 0, at / at.abs(), 1).view(k, 1, 1, 1)

@@ -46,6 +46,8 @@ FILES = {
     "kernel": "kernel.png",  # deblurring: the known (or true) kernel, scaled to its maximum
     "estimated_kernel": "estimated_kernel.png",  # blind deblurring: the estimate, likewise
     "kernels": "kernels.npz",  # blind deblurring: the estimated (and true) kernels' values
+    "support": "support.png",  # phase retrieval: the object's box in the canvas (white)
+    "phase": "phase.png",  # phase retrieval: the object's true phase, 0.5 + φ / (2 max |φ|)
     "state": "state.pt",  # the resumable state
 }
 # What ``claim`` does with an earlier run of the same name: "new" refuses it (the command line

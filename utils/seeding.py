@@ -1,7 +1,8 @@
 """One ``--seed``, independent random streams for every random thing a run draws.
 
 The network's weights, its input z, the sparse term's g and h, the corruption, the input
-perturbation η, the inpainting mask and the kernel generator each get a seed of their own,
+perturbation η, the inpainting mask, the kernel generator and the self-validation autoencoder
+(its weights and its shuffles, ``utils.stopping.SelfValidation``) each get a seed of their own,
 derived from the run's seed by numpy's ``SeedSequence`` (spawn key = the stream's index in
 ``STREAMS``). Streams are statistically independent, so no tensor is a function of another's
 draws, and adding a stream at the end of ``STREAMS`` leaves the others as they were.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-STREAMS = ("weights", "input", "sparse", "noise", "eta", "pixel_mask", "kernel")
+STREAMS = ("weights", "input", "sparse", "noise", "eta", "pixel_mask", "kernel", "sv")
 
 
 def derive_seed(seed: int, stream: str) -> int:

@@ -9,12 +9,14 @@ run. The walk over the nesting is optree's (torch's own pytree module is private
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optree
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from utils.seeding import derive_seed
 
 
 def stack_states(states: Sequence[Any]) -> Any:
@@ -62,3 +64,22 @@ def is_finite(state: Any) -> bool:
         for leaf in optree.tree_leaves(state)
         if isinstance(leaf, Tensor) and leaf.is_floating_point()
     )
+
+
+def per_run_module(build: Callable[[int], nn.Module], seeds: Sequence[int], stream: str
+                   ) -> nn.Module:  # fmt: skip
+    """One module for K = len(seeds) runs. ``build(groups)`` makes a module of ``groups``
+    independent groups; run k's tensors are those ``build(1)`` draws from the ``stream`` of
+    seeds[k] (``utils.seeding``; the global random stream is left as it was), stacked into
+    ``build(K)`` along dimension 0."""
+    modules = []
+    for seed in seeds:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(seed, stream))
+            modules.append(build(1))
+    if len(modules) == 1:
+        return modules[0]
+    with torch.random.fork_rng(devices=[]):
+        module = build(len(modules))
+    module.load_state_dict(stack_states([m.state_dict() for m in modules]))
+    return module
