@@ -161,8 +161,8 @@ def compare(args: argparse.Namespace) -> int:
 
 
 # What each observer costs, as settings of the run (the rules never fire within a benchmark).
-OBSERVERS = {"none": {}, "ema 0.99": {"ema": 0.99}, "ES-EMV": {"stop": "emv"},
-             "ES-WMV": {"stop": "wmv"}}  # fmt: skip
+OBSERVERS = {"none": {"stop": "none"}, "ema 0.99": {"stop": "none", "ema": 0.99},
+             "ES-EMV": {"stop": "emv"}, "ES-WMV": {"stop": "wmv"}}  # fmt: skip
 # Timed by the update alone: a run with it would take a hundred times as long as the others.
 HEAVY = {"SV-ES": {"stop": "sv"}}
 SV_CHECKS = 3  # SV-ES checks timed after its window has filled
@@ -202,15 +202,16 @@ def update_seconds(cfg: RunConfig, shape: tuple[int, ...], device: torch.device,
     ``warmup`` untimed ones."""
     observers = [o.to(device) for o in stopping_observers(cfg, shape, torch.float32)]
     xs = torch.rand(8, *shape, device=device)
+    loss = torch.rand(shape[0], device=device)  # (find_best reads the training loss)
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     for t in range(warmup):
         for observer in observers:
-            observer.update(t, xs[t % 8])
+            observer.update(t, xs[t % 8], loss)
     sync()
     start = time.perf_counter()
     for t in range(warmup, warmup + steps):
         for observer in observers:
-            observer.update(t, xs[t % 8])
+            observer.update(t, xs[t % 8], loss)
     sync()
     return (time.perf_counter() - start) / steps
 

@@ -246,8 +246,8 @@ class RunConfig:
         "is full (1: the public code's; more: N times cheaper)", STOP)  # fmt: skip
     stop_observe: bool = setting(
         False, "do not stop: run to --num_iter while the rule of --stop and the light rules "
-        "(wmv and emv) watch, and record what each would have detected (the comparison table's "
-        "mode)", STOP)  # fmt: skip
+        "(wmv, emv and find_best) watch, and record what each would have detected (the "
+        "comparison table's mode)", STOP)  # fmt: skip
     ema: float | None = setting(
         None, "also keep the exponential moving average of the output with this weight (the "
         "DIP paper's 0.99), logged beside the raw output and saved as CKPT_ema.png", STOP,
@@ -341,8 +341,8 @@ class RunConfig:
         unused |= {"alg_c"} if cfg.method != "dop" or cfg.alg_c == cfg.alg else set()
         unused |= TASKS[cfg.task].unused(cfg)
         unused |= {"mixture_sigma"} if cfg.noise != "mixture" else set()
-        if cfg.stop == "none" or (cfg.stop == "sv" and not cfg.stop_observe):
-            unused |= {"stop_window", "stop_patience", "stop_decay"}  # no light rule watches
+        if cfg.stop not in ("wmv", "emv") and not cfg.stop_observe:
+            unused |= {"stop_window", "stop_patience", "stop_decay"}  # neither ES rule watches
         if cfg.stop != "emv" and not cfg.stop_observe:
             unused.add("stop_emv_image")
         if cfg.stop != "sv":

@@ -77,14 +77,16 @@ def memory_need(cfg: RunConfig, shape: Sequence[int], device: torch.device,
     path = memory.path_name(cfg.fast, cfg.low_memory and prior.checkpointing, bf16)
     states = 2 if cfg.alg == "adam" else 0
     kept = kept_bytes(cfg, shape)
+    options = TASKS[cfg.task].options(cfg, cfg.prior)
+    nets = options.get("generators", 1)  # a run's nets (phase retrieval's skip prior: two)
+    scale = prior.memory_scale * nets
     need = memory.estimate(math.prod(sides), cfg.width, runs=runs, path=path,
-                           optimizer_states=states, scale=prior.memory_scale,
-                           kept=kept)  # fmt: skip
+                           parameters=nets * memory.skip_parameters(cfg.width),
+                           optimizer_states=states, scale=scale, kept=kept)  # fmt: skip
     extra = sv.memory(*shape, cfg.sv_window, runs) if cfg.stop == "sv" else 0
-    indexed = prior.indexed_elements(cfg.width, sides, TASKS[cfg.task].prior_options.get(
-        cfg.prior, {}))  # fmt: skip
+    indexed = prior.indexed_elements(cfg.width, sides, options)
     return memory.Need(need + extra, math.prod(sides), cfg.width, runs, path, states,
-                       prior.memory_scale, prior.checkpointing, kept, indexed,
+                       scale, prior.checkpointing, kept, indexed,
                        device.type == "cuda", extra)  # fmt: skip
 
 

@@ -413,12 +413,11 @@ def fit_batch(
             if not loop.live():  # every run stopped (or diverged) at this row
                 done = j + 1
                 break
+        if checkpoint is not None:  # before the pending images: a longer run takes them from
+            checkpoint(snapshot(loop, done))  # its next iteration, as one run uninterrupted
         finish_pending(loop, forward, done)
     bar.close()
-    seconds = time.perf_counter() - t0
-    if checkpoint is not None:
-        checkpoint(snapshot(loop, done))
-    return results(loop, done, seconds)
+    return results(loop, done, time.perf_counter() - t0)
 
 
 def track_peaks(loop: Loop, j: int, x: Tensor) -> None:

@@ -496,9 +496,10 @@ class SkipPrior(Prior):
                          ) -> int:  # fmt: skip
         """The largest tensor CUDA's reflection padding gets: the outermost merge convolution's
         padded input, the skip and deeper branches concatenated (width + skip channels) and one
-        pixel added on every side (or, narrower nets, the input's padded copy)."""
+        pixel added on every side (or, narrower nets, the input's padded copy); G
+        ``generators`` side by side make it G times as large."""
         channels = max(width + options.get("skip", 4), options.get("input_depth", INPUT_DEPTH))
-        return channels * math.prod(side + 2 for side in canvas)
+        return options.get("generators", 1) * channels * math.prod(side + 2 for side in canvas)
 
     @classmethod
     def smallest_side(cls, pad: bool) -> int:

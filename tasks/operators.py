@@ -153,7 +153,8 @@ class Lanczos2(Downsample):
         if factor % 2:
             raise ValueError(f"the Lanczos-2 downsampler needs an even factor, got {factor}")
         taps = lanczos2_taps(factor)
-        self.register_buffer("kernel", torch.outer(taps, taps).float()[None, None])
+        kernel = torch.outer(taps, taps).float()[None, None]  # a constant, not a run's state
+        self.register_buffer("kernel", kernel, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         runs, channels, h, w = x.shape

@@ -7,6 +7,7 @@ lottery prior's evaluation statistic."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from experiments.sets import PROFILES, Run
 from models.skip import NonLocal, SkipNet, nonlocal_parameters
 from tasks import TASKS
 from tasks.operators import Downsample, Lanczos2, lanczos2_taps
-from tests.conftest import image_crop, small_problem
+from tests.conftest import config, image_crop, small_problem
 from utils.losses import data_fit
 from utils.metrics import Aligned, error_ratio, ssim_of, success_share
 from utils.state import stack_states
@@ -337,3 +338,30 @@ def test_every_iteration_peak_of_the_moving_average_is_tracked_on_the_device() -
             best = max(result.history, key=lambda r: r["psnr_ema"])
             assert result.peaks["oracle_every_iteration_best_iteration_ema"] == best["iteration"]
     assert peaks[0] == pytest.approx(peaks[1])  # the rows do not change what is tracked
+
+
+def test_a_find_best_run_extended_later_detects_as_one_run(one_thread) -> None:
+    """A run of 8 iterations continued to 9 keeps the image of the run of 9: the net after
+    step 7 qualifies, so its image waits for the next forward pass; the short run's last
+    checkpoint is taken before it makes that image without η, so the longer run takes it from
+    its iteration 8, with η, as one run does (and step 8 does not qualify: detected at 8)."""
+    cfg = config(method="dip", stop="find_best", lr=30.0, num_iter=9, show_every=4, save_every=4,
+                 width=8)  # fmt: skip
+    y = torch.from_numpy(image_crop(64))[None]
+    [whole] = fit_batch(build_model(cfg, (3, 64, 64), [0]), y, cfg, seeds=[0], progress=False)
+    saved: list = []
+    short = dataclasses.replace(cfg, num_iter=8)
+    fit_batch(build_model(short, (3, 64, 64), [0]), y, short, seeds=[0], progress=False,
+              checkpoint=saved.append)  # fmt: skip
+    [longer] = fit_batch(build_model(cfg, (3, 64, 64), [0]), y, cfg, seeds=[0], progress=False,
+                         states=saved[-1])  # fmt: skip
+    found, again = whole.detections["find_best"], longer.detections["find_best"]
+    assert found["detected_iteration"] == again["detected_iteration"] == 8
+    np.testing.assert_array_equal(found["image"], again["image"])
+
+
+def test_the_decoders_find_best_is_not_defined_by_the_variance_rules_settings() -> None:
+    """Without ES-WMV/EMV watching, their window, patience and decay play no part in a run."""
+    base = RunConfig(prior="decoder").defining()
+    assert RunConfig(prior="decoder", stop_window=50, stop_decay=0.3).defining() == base
+    assert "stop_window" in RunConfig(prior="decoder", stop="wmv").defining()

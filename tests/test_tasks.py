@@ -123,6 +123,24 @@ def test_observers_watch_x_of_every_task(tmp_path: Path, task: str) -> None:
     assert run.image("stopped").shape == run.image("ema").shape == run.image("last").shape
 
 
+def test_batched_sr_runs_with_the_lanczos2_downsampler_are_the_runs_alone(tmp_path: Path) -> None:
+    """The projector's SR model downsamples by a constant Lanczos-2 kernel: not a run's state,
+    so K runs share it through their checkpoints (it once broke the batch's first one)."""
+
+    def argv(out: str, seed: str) -> list[str]:
+        return cli(tmp_path / out, "--task", "sr", "--prior", "drp", "--factor", "2",
+                   "--image", "astronaut", "--num_iter", "12", "--seed", seed,
+                   "--ckpt", f"s{seed}")  # fmt: skip
+
+    outcomes = run([parse(argv("batched", "0")), parse(argv("batched", "1"))], max_batch=2)
+    assert [o.code for o in outcomes] == [0, 0]
+    assert denoising.main(argv("alone", "1")) == 0
+    batched, alone = outputs(tmp_path / "batched", "s1"), outputs(tmp_path / "alone", "s1")
+    assert batched.config()["report"]["batch_size"] == 2
+    assert batched.config()["settings"]["downsampler"] == "lanczos2"
+    assert batched.history()["psnr"][-1] == pytest.approx(alone.history()["psnr"][-1], abs=1e-3)
+
+
 def test_batched_inpainting_runs_have_their_own_masks(tmp_path: Path) -> None:
     def argv(out: str, seed: str) -> list[str]:
         return cli(tmp_path / out, "--task", "inpaint", "--image", "astronaut", "--num_iter",
