@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +48,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.levin import IMAGES, KERNELS, load, schedule, true_kernel, true_size
-from engine import RunConfig, run
-from engine.config import to_argv
+from engine import RunConfig
+from engine.runner import run_listed
 from utils import ArgumentParser, InputError, guarded
 from utils.images import SHARED_DATA
 from utils.io import save_csv
@@ -273,13 +272,9 @@ def measure(argv: list[str] | None) -> int:
         configs = [dataclasses.replace(cfg, gpu=args.gpu, fast=args.fast)
                    for name, cfg in runs(profile, data_dir, out_dir).items()
                    if args.only is None or args.only in name][part - 1 :: parts]  # fmt: skip
+        code = run_listed(configs, max_batch=args.batch, dry_run=args.dry_run)
         if args.dry_run:
-            print("\n".join("python denoising.py " + shlex.join(to_argv(c)) for c in configs))
-            return 0
-        failed = [o.cfg.ckpt for o in run(configs, max_batch=args.batch) if o.code]
-        if failed:
-            print(f"error: {len(failed)} runs failed: {', '.join(failed)}", file=sys.stderr)
-            code = 1
+            return code
     rows = score(profile, data_dir, out_dir)
     if rows:
         csv = Path(args.csv or ROOT / "docs" / f"blind_{args.profile}.csv")

@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import functools
 import itertools
-import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engine import RunConfig, run
-from engine.config import to_argv
+from engine import RunConfig
+from engine.runner import run_listed
 from tasks import TASKS
 from utils import ArgumentParser, InputError, guarded
 from utils.images import SHARED_DATA
@@ -312,13 +311,9 @@ def measure(argv: list[str] | None) -> int:
                                          no_nonlocal=args.no_nonlocal,
                                          ssim_padding=args.ssim_padding).items()
                    if args.only is None or args.only in name]  # fmt: skip
+        code = run_listed(configs, max_batch=args.batch, dry_run=args.dry_run)
         if args.dry_run:
-            print("\n".join("python denoising.py " + shlex.join(to_argv(c)) for c in configs))
-            return 0
-        failed = [o.cfg.ckpt for o in run(configs, max_batch=args.batch) if o.code]
-        if failed:
-            print(f"error: {len(failed)} runs failed: {', '.join(failed)}", file=sys.stderr)
-            code = 1
+            return code
     rows = score(profile, data_dir, out_dir, args.kernel_sizes)
     if rows:
         save_csv(csv, list(rows[0]), (r.values() for r in rows))

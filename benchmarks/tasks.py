@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shlex
 import sys
 from pathlib import Path
 
-from engine import RunConfig, run
-from engine.config import to_argv
+from engine import RunConfig
+from engine.runner import run_listed
 from experiments.sets import PAPER_IMAGES, PROFILES
 from utils import ArgumentParser, InputError, guarded
 from utils.images import check_image_names
@@ -122,13 +121,9 @@ def measure(argv: list[str] | None) -> int:
         where = {"gpu": args.gpu} | ({} if args.data_dir is None else {"data_dir": args.data_dir})
         configs = [dataclasses.replace(cfg, **where) for *_, cfg in runs(images, out_dir)
                    if args.only is None or args.only in cfg.ckpt]  # fmt: skip
+        code = run_listed(configs, max_batch=args.batch, dry_run=args.dry_run)
         if args.dry_run:
-            print("\n".join("python denoising.py " + shlex.join(to_argv(c)) for c in configs))
-            return 0
-        failed = [o.cfg.ckpt for o in run(configs, max_batch=args.batch) if o.code]
-        if failed:
-            print(f"error: {len(failed)} runs failed: {', '.join(failed)}", file=sys.stderr)
-            code = 1
+            return code
     rows = scores(out_dir, images)
     if rows:
         save_csv(Path(args.csv), list(rows[0]), (r.values() for r in rows))

@@ -19,6 +19,7 @@ that returns the image.
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.config import RunConfig
+from engine.config import RunConfig, to_argv
 from engine.data import observe
 from engine.device import check_fits, fitting_batch, pick_device, use_device
 from engine.loop import build_model, fit_batch, steps
@@ -126,6 +127,18 @@ def run(
         for job in jobs:
             job.lock.release()
     return outcomes  # type: ignore[return-value]
+
+
+def run_listed(configs: Sequence[RunConfig], *, max_batch: int = 1, dry_run: bool = False) -> int:
+    """A benchmark's runs: with ``dry_run`` their denoising.py command lines printed, else run
+    (``run``: ended ones reused, killed ones resumed); 1, naming them, when any failed."""
+    if dry_run:
+        print("\n".join("python denoising.py " + shlex.join(to_argv(c)) for c in configs))
+        return 0
+    if failed := [o.cfg.ckpt for o in run(configs, max_batch=max_batch) if o.code]:
+        print(f"error: {len(failed)} runs failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def ended(cfg: RunConfig) -> bool:
