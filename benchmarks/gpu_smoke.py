@@ -198,7 +198,12 @@ def checks(smoke: Smoke) -> dict[str, Callable[[], Row | None]]:
     tasks = {"inpaint": {"task": "inpaint"}, "sr": {"task": "sr"},
              "deblur": {"task": "deblur", "kernel": kernel_png(smoke.out)},
              "blind-deblur": {"task": "blind-deblur", "kernel": kernel_png(smoke.out),
-                              "kernel_size": 9}}  # fmt: skip
+                              "kernel_size": 9},
+             "zhuang dop": {"task": "blind-deblur", "variant": "zhuang",
+                                         "method": "dop", "kernel": kernel_png(smoke.out)},
+             "sr drp": {"task": "sr", "prior": "drp", "factor": 2},
+             "phase": {"task": "phase-retrieval", "noise": "shot", "nlevel": 100.0,
+                                 "outliers": 0.01}}  # fmt: skip
     fast, eager = {"fast": True}, {"fast": False}
     observers = {"stop": "wmv", "stop_observe": True, "ema": 0.99, "stop_window": 5,
                  "stop_patience": 5}  # fmt: skip
@@ -215,12 +220,15 @@ def checks(smoke: Smoke) -> dict[str, Callable[[], Row | None]]:
         "resume adam +fast": lambda: resumed(smoke, "adam_to_fast", eager, fast, **adam),
         "resume adam -fast": lambda: resumed(smoke, "adam_from_fast", fast, eager, **adam),
         "observers": lambda: one(smoke, "observers", **observers),
+        "stop sv": lambda: one(smoke, "sv", stop="sv", sv_window=4, sv_patience=4),
         "prior decoder": lambda: one(smoke, "decoder", prior="decoder", **width),
         "prior drp": lambda: one(smoke, "drp", prior="drp", **width),
         "prior lip": lambda: one(smoke, "lip", prior="lip", mask=mask, **width),
     }
     for name, settings in tasks.items():
-        out[f"task {name}"] = lambda name=name, settings=settings: one(smoke, name, **settings)
+        out[f"task {name}"] = lambda name=name, settings=settings: one(
+            smoke, name.replace(" ", "_"), **settings
+        )
     out["resume on the CPU"] = lambda: refused_elsewhere(smoke, "elsewhere") if gpu else None
     out["index limit"] = lambda: index_limit(smoke, "big") if gpu else None
     return out
