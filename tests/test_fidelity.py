@@ -7,7 +7,6 @@ lottery prior's evaluation statistic."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import RunConfig
-from engine.loop import build_model, fit, fit_batch
+from engine.loop import FitResult, build_model, fit, fit_batch
 from experiments.sets import PROFILES, Run
 from models.skip import NonLocal, SkipNet, nonlocal_parameters
 from tasks import TASKS
@@ -341,22 +340,27 @@ def test_every_iteration_peak_of_the_moving_average_is_tracked_on_the_device() -
 
 
 def test_a_find_best_run_extended_later_detects_as_one_run(one_thread) -> None:
-    """A run of 8 iterations continued to 9 keeps the image of the run of 9: the net after
-    step 7 qualifies, so its image waits for the next forward pass; the short run's last
-    checkpoint is taken before it makes that image without η, so the longer run takes it from
-    its iteration 8, with η, as one run does (and step 8 does not qualify: detected at 8)."""
-    cfg = config(method="dip", stop="find_best", lr=30.0, num_iter=9, show_every=4, save_every=4,
-                 width=8)  # fmt: skip
+    """A run of n iterations whose last step qualifies (its image waits for the next forward
+    pass), continued to n + 1, keeps the image of the run of n + 1 that detects n: the short
+    run's last checkpoint is taken before it makes that image without η, so the longer run
+    takes it from its iteration n, with η, as one run does."""
     y = torch.from_numpy(image_crop(64))[None]
-    [whole] = fit_batch(build_model(cfg, (3, 64, 64), [0]), y, cfg, seeds=[0], progress=False)
-    saved: list = []
-    short = dataclasses.replace(cfg, num_iter=8)
-    fit_batch(build_model(short, (3, 64, 64), [0]), y, short, seeds=[0], progress=False,
-              checkpoint=saved.append)  # fmt: skip
-    [longer] = fit_batch(build_model(cfg, (3, 64, 64), [0]), y, cfg, seeds=[0], progress=False,
-                         states=saved[-1])  # fmt: skip
+
+    def fit_to(n: int, **kw) -> FitResult:
+        cfg = config(method="dip", stop="find_best", lr=30.0, num_iter=n, show_every=1,
+                     save_every=1, width=8)  # fmt: skip
+        return fit_batch(build_model(cfg, (3, 64, 64), [0]), y, cfg, seeds=[0], progress=False,
+                         **kw)[0]  # fmt: skip
+
+    # n: the net after step n − 1 qualified, the one after step n did not
+    detects = lambda n: fit_to(n + 1).detections["find_best"]["detected_iteration"]  # noqa: E731
+    n = next((n for n in range(4, 24) if detects(n) == n), None)
+    assert n is not None, "no run length ends with a qualifying step then one that is not"
+    whole, saved = fit_to(n + 1), []
+    fit_to(n, checkpoint=saved.append)
+    longer = fit_to(n + 1, states=saved[-1])
     found, again = whole.detections["find_best"], longer.detections["find_best"]
-    assert found["detected_iteration"] == again["detected_iteration"] == 8
+    assert found["detected_iteration"] == again["detected_iteration"] == n
     np.testing.assert_array_equal(found["image"], again["image"])
 
 
