@@ -301,8 +301,9 @@ def test_weight_gradient_bands_are_for_the_cpu_only(monkeypatch) -> None:
 
 @pytest.mark.parametrize("jobs", [2, 4])
 def test_runs_never_stack_on_one_gpu_while_another_idles(monkeypatch, tmp_path, jobs) -> None:
-    """reproduce.py --jobs N --gpu 0,1 with fake GPUs: each run starts on a GPU with no more
-    runs than any other, so no GPU holds two while another holds none; both are used."""
+    """reproduce.py --jobs N --gpu 0,1 with fake GPUs: N/2 slots per GPU, so each run starts on
+    a GPU that holds fewer than N/2 runs (counted when each run registers, which lags the slot it
+    took: never more than the truth), no GPU ever holds more, and both are used."""
     cases = {"fig3": tuple(Case(image, level) for image in ("cat", "coffee")
                            for level in (0.3, 0.5, 0.7)), "fig4": ()}  # fmt: skip
     runs = figure_runs(["fig3"], cases)
@@ -311,7 +312,7 @@ def test_runs_never_stack_on_one_gpu_while_another_idles(monkeypatch, tmp_path, 
 
     def launch(cfg: RunConfig, threads: int) -> int:
         with lock:
-            launched.append((cfg.gpu, busy[cfg.gpu] <= min(busy.values())))
+            launched.append((cfg.gpu, busy[cfg.gpu] < jobs // 2))
             busy[cfg.gpu] += 1
             most[cfg.gpu] = max(most[cfg.gpu], busy[cfg.gpu])
             pause = durations.uniform(0.01, 0.08)
@@ -324,8 +325,8 @@ def test_runs_never_stack_on_one_gpu_while_another_idles(monkeypatch, tmp_path, 
     setting = Setting(tiny_profile(20), tmp_path / "out", tmp_path, ("0", "1"))
     outcome = driver.run_all(runs, setting, jobs=jobs)
     assert len(outcome["started"]) == len(runs) == len(launched) >= 8
-    assert all(fair for _, fair in launched), launched
-    assert most == {"0": jobs // 2, "1": jobs // 2}
+    assert all(free for _, free in launched), launched
+    assert all(1 <= most[gpu] <= jobs // 2 for gpu in ("0", "1")), most
 
 
 def test_a_cuda_run_makes_its_gpu_the_current_device(monkeypatch) -> None:
