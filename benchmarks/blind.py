@@ -38,7 +38,6 @@ run's scores to --csv (default docs/blind_PROFILE.csv).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import sys
@@ -47,16 +46,22 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.levin import IMAGES, KERNELS, load, schedule, true_kernel, true_size
+from benchmarks.levin import (
+    IMAGES,
+    KERNELS,
+    levin_parser,
+    levin_paths,
+    load,
+    schedule,
+    true_kernel,
+    true_size,
+)
 from engine import RunConfig
 from engine.runner import run_listed
-from utils import ArgumentParser, InputError, guarded
-from utils.images import SHARED_DATA
+from utils import InputError, guarded
 from utils.io import save_csv
 from utils.metrics import LEVIN_BORDER, LEVIN_SHIFT, LEVIN_STEP, Aligned, align, error_ratio
 from utils.rundir import RunDir
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -244,23 +249,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def measure(argv: list[str] | None) -> int:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--profile", choices=PROFILES, default="quick")
-    p.add_argument("--data_dir", default=str(SHARED_DATA / "levin"))
-    p.add_argument("--out_dir", default=None, help="default: checkpoints/blind_PROFILE")
-    p.add_argument("--csv", default=None, help="default: docs/blind_PROFILE.csv")
-    p.add_argument("--gpu", default=None)
+    p = levin_parser("blind", __doc__, PROFILES)
     p.add_argument("--fast", action="store_true", help="denoising.py's --fast (the speed path)")
-    p.add_argument("--only", default=None, help="run only the runs whose name contains this")
     p.add_argument("--shard", default="1/1", help="I/N: run every N-th run from the I-th")
-    p.add_argument("--batch", type=int, default=1, help="runs of one shape sharing a loop")
-    p.add_argument("--table", action="store_true", help="score the finished runs only")
-    p.add_argument("--dry_run", action="store_true", help="print the command lines only")
     args = p.parse_args(argv)
-    profile, data_dir = PROFILES[args.profile], Path(args.data_dir)
-    out_dir = Path(args.out_dir or f"checkpoints/blind_{args.profile}")
-    if not (data_dir / "gt" / "kernel1.png").is_file():
-        raise InputError(f"--data_dir {data_dir} does not hold Levin et al.'s set (gt/kernel1.png)")
+    profile = PROFILES[args.profile]
+    data_dir, out_dir, csv = levin_paths(args, "blind")
     try:
         part, parts = (int(v) for v in args.shard.split("/"))
     except ValueError:
@@ -277,7 +271,6 @@ def measure(argv: list[str] | None) -> int:
             return code
     rows = score(profile, data_dir, out_dir)
     if rows:
-        csv = Path(args.csv or ROOT / "docs" / f"blind_{args.profile}.csv")
         save_csv(csv, list(rows[0]), (r.values() for r in rows))
     print(table(rows))
     return code

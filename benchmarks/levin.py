@@ -266,15 +266,39 @@ def main(argv: list[str] | None = None) -> int:
     return guarded(lambda: measure(argv))
 
 
-def measure(argv: list[str] | None) -> int:
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--profile", choices=PROFILES, default="quick")
+def levin_parser(name: str, doc: str | None, profiles: dict) -> ArgumentParser:
+    """The arguments every benchmark on Levin et al.'s set takes (``name``: its folder's and
+    table's stem: checkpoints/NAME_PROFILE, docs/NAME_PROFILE.csv)."""
+    p = ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--profile", choices=profiles, default="quick")
     p.add_argument("--data_dir", default=str(SHARED_DATA / "levin"))
-    p.add_argument("--out_dir", default=None, help="default: checkpoints/levin_PROFILE")
-    p.add_argument("--csv", default=None, help="default: docs/levin_PROFILE.csv")
+    p.add_argument("--out_dir", default=None, help=f"default: checkpoints/{name}_PROFILE")
+    p.add_argument("--csv", default=None, help=f"default: docs/{name}_PROFILE.csv")
     p.add_argument("--gpu", default=None)
     p.add_argument("--only", default=None, help="run only the runs whose name contains this")
     p.add_argument("--batch", type=int, default=1, help="runs of one shape sharing a loop")
+    p.add_argument("--table", action="store_true", help="score the finished runs only")
+    p.add_argument("--dry_run", action="store_true", help="print the command lines only")
+    return p
+
+
+def levin_paths(args: argparse.Namespace, name: str) -> tuple[Path, Path, Path]:
+    """The data, run and table paths of ``levin_parser``'s arguments, checked before anything
+    is written (one line each)."""
+    data_dir = Path(args.data_dir)
+    out_dir = Path(args.out_dir or f"checkpoints/{name}_{args.profile}")
+    if not (data_dir / "gt" / "kernel1.png").is_file():
+        raise InputError(f"--data_dir {data_dir} does not hold Levin et al.'s set (gt/kernel1.png)")
+    csv = Path(args.csv or ROOT / "docs" / f"{name}_{args.profile}.csv")
+    check_writable(out_dir, "--out_dir", folder=True)
+    check_writable(csv, "--csv")
+    if args.batch < 1:
+        raise InputError("--batch must be >= 1")
+    return data_dir, out_dir, csv
+
+
+def measure(argv: list[str] | None) -> int:
+    p = levin_parser("levin", __doc__, PROFILES)
     p.add_argument("--kernel_sizes", choices=KERNEL_SIZES, default="selfdeblur",
                    help="the kernel size given to the blind runs: selfdeblur (its hard-coded "
                    "sizes, 2 px below the file's but kernel 4) or file (the kernel file's "
@@ -283,21 +307,12 @@ def measure(argv: list[str] | None) -> int:
                    help="every run's generator without SelfDeblur's non-local blocks")  # fmt: skip
     p.add_argument("--ssim_padding", choices=SSIM_PADDINGS, default="zero",
                    help="the SSIM of the loss: zero (SelfDeblur's) or valid")  # fmt: skip
-    p.add_argument("--table", action="store_true", help="score the finished runs only")
-    p.add_argument("--dry_run", action="store_true", help="print the command lines only")
     p.add_argument("--orientation", action="store_true",
                    help="print how well each kernel file explains its observations, as it is "
                    "and rotated (PSNR of the best-shifted blur of the sharp image)")  # fmt: skip
     args = p.parse_args(argv)
-    profile, data_dir = PROFILES[args.profile], Path(args.data_dir)
-    out_dir = Path(args.out_dir or f"checkpoints/levin_{args.profile}")
-    if not (data_dir / "gt" / "kernel1.png").is_file():
-        raise InputError(f"--data_dir {data_dir} does not hold Levin et al.'s set (gt/kernel1.png)")
-    csv = Path(args.csv or ROOT / "docs" / f"levin_{args.profile}.csv")
-    check_writable(out_dir, "--out_dir", folder=True)
-    check_writable(csv, "--csv")
-    if args.batch < 1:
-        raise InputError("--batch must be >= 1")
+    profile = PROFILES[args.profile]
+    data_dir, out_dir, csv = levin_paths(args, "levin")
     if args.orientation:
         for k in KERNELS:
             as_is, turned = (10 * np.log10(1 / m) for m in misfits(data_dir, k))
