@@ -417,8 +417,9 @@ class RunConfig:
         for name in foreign_settings(self.task, self.prior):
             if getattr(self, name) != getattr(defaults, name):
                 raise InputError(f"--{name} goes with {owners(name)}")
-        TASKS[self.task].check(self)
-        PRIORS[self.prior].check(self)
+        resolved = self.resolved()  # the task's and prior's checks see the defaults filled
+        TASKS[self.task].check(resolved)
+        PRIORS[self.prior].check(resolved)
 
 
 def foreign_settings(task: str, prior: str) -> list[str]:

@@ -49,10 +49,7 @@ class BlindDeblur(Deblur):
                 "zhuang": ZHUANG | {"kernel_fraction": 0.5, "x_window": "kernel"}}  # fmt: skip
 
     def check(self, cfg: Any) -> None:
-        fraction = cfg.kernel_fraction
-        if fraction is None:
-            fraction = self.variant_settings(cfg.variant).get("kernel_fraction")
-        sized = cfg.kernel_size is not None or fraction is not None
+        sized = cfg.kernel_size is not None or cfg.kernel_fraction is not None
         if cfg.kernel is None and (cfg.observed is None or not sized):
             raise InputError("--task blind-deblur needs --kernel_size N (or --kernel_fraction F) "
                              "with --observed, and --kernel PATH (the true kernel) for a "

@@ -32,18 +32,10 @@ class SuperResolution(Task):
     prior_options = {"drp": {"seed_channels": 1}}
     keeps_shape = False
 
-    def downsampler(self, cfg: Any) -> str:
-        """The model's downsampler: given, or this task's default for the prior (the checks see
-        the command line before the defaults are filled)."""
-        return (
-            cfg.downsampler
-            or (self.defaults | self.prior_settings.get(cfg.prior, {}))["downsampler"]
-        )
-
     def check(self, cfg: Any) -> None:
         if cfg.factor < 1:
             raise InputError("--factor must be a positive integer")
-        if self.downsampler(cfg) == "lanczos2" and cfg.factor % 2:
+        if cfg.downsampler == "lanczos2" and cfg.factor % 2:
             raise InputError("--downsampler lanczos2 needs an even --factor")
 
     def inputs(self, cfg: Any, shape: Sequence[int], fit: Fit, data_dir: Path
@@ -54,7 +46,7 @@ class SuperResolution(Task):
         return {}, {}
 
     def operator(self, cfg: Any, inputs: dict[str, Tensor], seeds: Sequence[int]) -> Operator:
-        return DOWNSAMPLERS[self.downsampler(cfg)](cfg.factor)
+        return DOWNSAMPLERS[cfg.downsampler](cfg.factor)
 
     def physics(self, cfg: Any, inputs: dict[str, np.ndarray]) -> Operator:
         return Downsample(cfg.factor)  # every variant sees the same observation
