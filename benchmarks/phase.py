@@ -39,6 +39,7 @@ from engine import run
 from engine.config import RunConfig
 from engine.data import observe
 from experiments.phase import Fienup
+from experiments.plots import write_comparison_page
 from tasks.operators import FarField
 from utils import ArgumentParser, InputError, guarded
 from utils.images import DEFAULT_DATA_DIR
@@ -105,12 +106,8 @@ def run_row(label: str, cfg: RunConfig, where: dict) -> dict | None:
         "oracle_peak_psnr": float(history["psnr"][peak]),
         "oracle_peak_iteration": int(history["iteration"][peak]),
         "iterations": r["iterations_done"], "wall_time_s": r["wall_time_s"],
-        "device": r["device"], "date": date_of(rundir),
+        "device": r["device"], "date": rundir.date(),
     }  # fmt: skip
-
-
-def date_of(rundir: RunDir) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(rundir.path("config").stat().st_mtime))
 
 
 def baseline_rows(cfg: RunConfig, where: dict) -> list[dict]:
@@ -171,6 +168,7 @@ def write(rows: list[dict], profile: str, args: argparse.Namespace) -> None:
     number = lambda v, d=2: "—" if v is None else f"{float(v):.{d}f}"  # noqa: E731
     sizes = PROFILES[profile] | ({} if args.iters is None else {"num_iter": args.iters})
     rules = [rule for rule in RULES if any(r.get(f"{rule}_psnr") is not None for r in rows)]
+    where = ", ".join(sorted({f"{r['device']} ({r['date']})" for r in rows}))
     lines = [
         f"# Phase retrieval, profile `{profile}`", "",
         f"`python -m benchmarks.phase{' --full' if args.full else ''} --images {args.images}"
@@ -181,7 +179,8 @@ def write(rows: list[dict], profile: str, args: argparse.Namespace) -> None:
         f"and in the robust case {OUTLIERS:.0%} of the detector pixels dead or hot. Generators: "
         f"width {sizes['width']}, {sizes['num_iter']} iterations. PSNR / SSIM of the magnitude "
         "after alignment (shifts, twin image) against the clean image; the rules' detections "
-        "use no ground truth, the oracle peak does. Device and date per row in the CSV.", "",
+        "use no ground truth, the oracle peak does. The paper's own numbers could not be "
+        f"reached (docs/RESULTS.md), so none is set beside these. Runs: {where}.", "",
         "| image | measurement | method | PSNR / SSIM (last) | "
         + " | ".join(f"{rule.upper()} (iter)" for rule in rules)
         + " | oracle peak (iter) | data fit | wall time (s) |",
@@ -200,6 +199,7 @@ def write(rows: list[dict], profile: str, args: argparse.Namespace) -> None:
             f"| {number(r.get('data_fit'), 3)} | {number(r['wall_time_s'], 1)} |"
         )
     atomic_write(md_path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    write_comparison_page(table_dir)
     print("\n".join(lines[4:]))
     print(f"wrote {csv_path} and {md_path}")
 

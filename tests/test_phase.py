@@ -4,12 +4,14 @@ that the metric removes, the noise model, Fienup's baselines, the double DIP fro
 line (batched, resumed, refused in one line)."""
 
 import math
+from csv import DictReader
 
 import numpy as np
 import pytest
 import torch
 
 import denoising
+from benchmarks import phase
 from engine import run
 from engine.config import parse
 from experiments.phase import Fienup
@@ -175,3 +177,25 @@ def test_bad_phase_retrieval_input_is_one_line(tmp_path, capsys, extra, message)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_benchmark_writes_its_table_and_the_comparison_page(tmp_path, monkeypatch,
+                                                                one_thread) -> None:  # fmt: skip
+    """benchmarks.phase on a 16x16 crop, 3 iterations, 2 starts: every method's row for both
+    measurements, its markdown table, and that table on docs/COMPARISON.md."""
+    monkeypatch.setitem(phase.PROFILES, "quick", {"crop": 16, "pad": True, "width": 4,
+                                                  "num_iter": 3, "show_every": 1})  # fmt: skip
+    monkeypatch.setattr(phase, "STARTS", 2)
+    docs = tmp_path / "docs"
+    argv = ["--images", "astronaut", "--table_dir", str(docs), "--out_dir", str(tmp_path / "o"),
+            "--gpu", "cpu"]  # fmt: skip
+    assert phase.main(argv) == 0
+    with (docs / "phase_quick.csv").open() as f:
+        rows = list(DictReader(f))
+    assert [(r["measurement"], r["method"].split(" (")[0]) for r in rows] == [
+        (case, method) for case in phase.CASES
+        for method in ("HIO+ER", "ER", "double DIP", "double DIP + DOP")]  # fmt: skip
+    assert all(0 < float(r["psnr"]) < 100 for r in rows)
+    page = (docs / "COMPARISON.md").read_text()
+    assert "## Phase retrieval, profile `quick`" in page
+    assert (docs / "phase_quick.md").read_text().splitlines()[-1] in page

@@ -243,7 +243,7 @@ def test_the_benchmark_runs_and_scores_a_tiny_profile(tmp_path: Path, monkeypatc
     monkeypatch.setitem(blind.PROFILES, "tiny", blind.Profile(((1, 5),), 4, 3, 56,
                                                               ("low", "impulse")))  # fmt: skip
     argv = ["--profile", "tiny", "--data_dir", str(data), "--out_dir", str(tmp_path / "out"),
-            "--csv", str(tmp_path / "b.csv"), "--gpu", "cpu"]  # fmt: skip
+            "--csv", str(tmp_path / "blind_tiny.csv"), "--gpu", "cpu"]  # fmt: skip
     assert blind.main([*argv, "--dry_run"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 7
@@ -252,7 +252,7 @@ def test_the_benchmark_runs_and_scores_a_tiny_profile(tmp_path: Path, monkeypatc
         cfg.check()
     assert {c.resolved().kernel_fraction for c in cfgs if c.task == "blind-deblur"} == {0.5}
     assert blind.main(argv) == 0
-    with (tmp_path / "b.csv").open() as f:
+    with (tmp_path / "blind_tiny.csv").open() as f:
         rows = list(DictReader(f))
     assert [(r["noise"], r["method"]) for r in rows] == [
         ("low", "l1l2"), ("low", "tv"), ("low", "selfdeblur"), ("impulse", "l1l2-dop"),
@@ -262,6 +262,9 @@ def test_the_benchmark_runs_and_scores_a_tiny_profile(tmp_path: Path, monkeypatc
         assert float(row["error_ratio"]) > 0 and float(row["error_ratio_spectral"]) > 0
         assert abs(float(row["shift_rows"])) <= float(row["max_shift"]) <= 15
     assert "| low (σ 0.01) | ℓ1/ℓ2 (0.0001) | 1 |" in capsys.readouterr().out
+    page = (tmp_path / "COMPARISON.md").read_text()  # the comparison page carries the table
+    assert "## Blind deblurring with noise (Zhuang et al.), profile `tiny`" in page
+    assert "| low (σ 0.01) | ℓ1/ℓ2 (0.0001) | 1 |" in page and "| 32.64 |" in page
 
 
 def test_the_profiles_command_lines(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -108,6 +108,10 @@ class RunDir:
                              "the run's files or choose another --out_dir")  # fmt: skip
         return record
 
+    def date(self) -> str:
+        """The UTC day the run ended (its config.json was written), as YYYY-MM-DD."""
+        return time.strftime("%Y-%m-%d", time.gmtime(self.path("config").stat().st_mtime))
+
     def history(self) -> dict[str, np.ndarray]:
         """The history's columns by name (iteration, loss, then observers' and metrics')."""
         with self.path("history").open() as f:
