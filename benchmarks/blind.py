@@ -101,6 +101,8 @@ LABELS = {"l1l2": "ℓ1/ℓ2", "tv": "TV", "selfdeblur": "SelfDeblur", "l1l2-dop
 CLAIMS = {("low", "l1l2"): 32.64, ("low", "tv"): 31.12, ("high", "l1l2"): 27.74,
           ("high", "tv"): 24.34}  # fmt: skip
 OVERSPECIFIED = {"kernel_fraction": 0.5, "x_window": "kernel"}  # every blind run's
+# x's generator, by --no_nonlocal: SelfDeblur's skip net with non-local blocks, or without them.
+GENERATORS = {False: "skip net with non-local blocks", True: "plain skip net"}
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,8 @@ def score(profile: Profile, data_dir: Path, out_dir: Path) -> list[dict]:
                     "kernel_correlation": round(report["kernel_correlation"], 3),
                     "shift_rows": a.shift[0], "shift_cols": a.shift[1],
                     "psnr_unaligned": round(report["final_psnr"], 2),
-                    "status": report["status"], "device": report["device"],
+                    "status": report["status"], "generator": GENERATORS[
+                        blind.config()["settings"]["no_nonlocal"]], "device": report["device"],
                     "date": blind.date(),
                 })  # fmt: skip
     return rows
@@ -262,14 +265,16 @@ def markdown(rows: list[dict], profile_name: str) -> str:
     profile = PROFILES[profile_name]
     cases = ", ".join(f"image {i} with kernel {k}" for i, k in profile.cases)
     where = ", ".join(sorted({f"{r['device']} ({r['date']})" for r in rows if r.get("device")}))
+    generators = " and ".join(sorted({r.get("generator") or "not recorded" for r in rows}))
     return "\n".join([
         f"# Blind deblurring with noise (Zhuang et al.), profile `{profile_name}`", "",
         f"`python -m benchmarks.blind --profile {profile_name}`: Levin's set, {cases}; y of "
         f"{profile.side or 'the whole image less the kernel'} px a side; no method is told the "
-        f"kernel size (a box of about half the side); width {profile.width}, {profile.num_iter} "
-        "iterations; one noise draw per case. PSNR / SSIM after Levin's alignment and 15-px "
-        "crop; error ratios against the non-blind run with the true kernel: Levin's SSD ratio "
-        "and SelfDeblur's spectral-norm ratio, and the share of cases below 3 of each. The "
+        f"kernel size (a box of about half the side); x's generator {generators}, width "
+        f"{profile.width}, {profile.num_iter} iterations; one noise draw per case. PSNR / SSIM "
+        "after Levin's alignment and 15-px crop; error ratios against the non-blind run with "
+        "the true kernel: Levin's SSD ratio and SelfDeblur's spectral-norm ratio, and the share "
+        "of cases below 3 of each. The "
         "talk's PSNR: its table's mean over Levin-type images at full size, with its nets and "
         "iterations (its noise levels could not be read; σ 0.01 and 0.05 are ours). "
         f"Runs: {where or 'device and date not recorded'}.", "",

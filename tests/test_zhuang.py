@@ -257,6 +257,7 @@ def test_the_benchmark_runs_and_scores_a_tiny_profile(tmp_path: Path, monkeypatc
     assert [(r["noise"], r["method"]) for r in rows] == [
         ("low", "l1l2"), ("low", "tv"), ("low", "selfdeblur"), ("impulse", "l1l2-dop"),
         ("impulse", "l1l2")]  # fmt: skip
+    assert {row["generator"] for row in rows} == {blind.GENERATORS[False]}  # SelfDeblur's
     for row in rows:
         assert row["kernel_box"] == "29" and row["true_size"] == "13"
         assert float(row["error_ratio"]) > 0 and float(row["error_ratio_spectral"]) > 0
