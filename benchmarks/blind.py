@@ -200,7 +200,8 @@ def score(profile: Profile, data_dir: Path, out_dir: Path) -> list[dict]:
                 if blind.config() is None:
                     continue
                 a = align(blind.image("last"), blind.image("clean"), max_shift=LEVIN_BORDER)
-                report = blind.config()["report"]
+                record = blind.config()
+                report = record["report"]
                 rows.append({
                     "noise": noise_name, "method": method, "image": i, "kernel": k,
                     "true_size": true_size(data_dir, k), "kernel_box": report["kernel_box"][0],
@@ -212,9 +213,9 @@ def score(profile: Profile, data_dir: Path, out_dir: Path) -> list[dict]:
                     "kernel_correlation": round(report["kernel_correlation"], 3),
                     "shift_rows": a.shift[0], "shift_cols": a.shift[1],
                     "psnr_unaligned": round(report["final_psnr"], 2),
-                    "status": report["status"], "generator": GENERATORS[
-                        blind.config()["settings"]["no_nonlocal"]], "device": report["device"],
-                    "date": blind.date(),
+                    "status": report["status"],
+                    "generator": GENERATORS[record["settings"]["no_nonlocal"]],
+                    "device": report["device"], "date": blind.date(),
                 })  # fmt: skip
     return rows
 
@@ -274,9 +275,9 @@ def markdown(rows: list[dict], profile_name: str) -> str:
         f"{profile.width}, {profile.num_iter} iterations; one noise draw per case. PSNR / SSIM "
         "after Levin's alignment and 15-px crop; error ratios against the non-blind run with "
         "the true kernel: Levin's SSD ratio and SelfDeblur's spectral-norm ratio, and the share "
-        "of cases below 3 of each. The "
-        "talk's PSNR: its table's mean over Levin-type images at full size, with its nets and "
-        "iterations (its noise levels could not be read; σ 0.01 and 0.05 are ours). "
+        "of cases below 3 of each. The talk's PSNR: its table's mean over Levin-type images at "
+        "full size, with its nets and iterations (its noise levels could not be read; σ 0.01 "
+        "and 0.05 are ours). "
         f"Runs: {where or 'device and date not recorded'}.", "",
         table(rows),
     ])  # fmt: skip
