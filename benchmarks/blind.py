@@ -58,9 +58,9 @@ from benchmarks.levin import (
 )
 from engine import RunConfig
 from engine.runner import run_listed
-from experiments.plots import write_comparison_page
+from experiments.plots import runs_summary, write_comparison_page
 from utils import InputError, guarded
-from utils.io import atomic_write, save_csv
+from utils.io import save_csv, save_text
 from utils.metrics import LEVIN_BORDER, LEVIN_SHIFT, LEVIN_STEP, Aligned, align, error_ratio
 from utils.rundir import RunDir
 
@@ -101,7 +101,8 @@ LABELS = {"l1l2": "ℓ1/ℓ2", "tv": "TV", "selfdeblur": "SelfDeblur", "l1l2-dop
 CLAIMS = {("low", "l1l2"): 32.64, ("low", "tv"): 31.12, ("high", "l1l2"): 27.74,
           ("high", "tv"): 24.34}  # fmt: skip
 OVERSPECIFIED = {"kernel_fraction": 0.5, "x_window": "kernel"}  # every blind run's
-# x's generator, by --no_nonlocal: SelfDeblur's skip net with non-local blocks, or without them.
+# x's generator, by --no_nonlocal: SelfDeblur's skip net with non-local blocks, or without them
+# (a run recorded before the setting existed: without).
 GENERATORS = {False: "skip net with non-local blocks", True: "plain skip net"}
 
 
@@ -214,7 +215,7 @@ def score(profile: Profile, data_dir: Path, out_dir: Path) -> list[dict]:
                     "shift_rows": a.shift[0], "shift_cols": a.shift[1],
                     "psnr_unaligned": round(report["final_psnr"], 2),
                     "status": report["status"],
-                    "generator": GENERATORS[record["settings"]["no_nonlocal"]],
+                    "generator": GENERATORS[record["settings"].get("no_nonlocal", True)],
                     "device": report["device"], "date": blind.date(),
                 })  # fmt: skip
     return rows
@@ -265,7 +266,7 @@ def markdown(rows: list[dict], profile_name: str) -> str:
     """The table with what it measured, for TABLE_DIR/blind_PROFILE.md and docs/COMPARISON.md."""
     profile = PROFILES[profile_name]
     cases = ", ".join(f"image {i} with kernel {k}" for i, k in profile.cases)
-    where = ", ".join(sorted({f"{r['device']} ({r['date']})" for r in rows if r.get("device")}))
+    where = runs_summary(rows)
     generators = " and ".join(sorted({r.get("generator") or "not recorded" for r in rows}))
     return "\n".join([
         f"# Blind deblurring with noise (Zhuang et al.), profile `{profile_name}`", "",
@@ -311,9 +312,9 @@ def measure(argv: list[str] | None) -> int:
     rows = score(profile, data_dir, out_dir)
     if rows:
         save_csv(csv, list(rows[0]), (r.values() for r in rows))
-        md = csv.with_suffix(".md")
-        atomic_write(md, lambda f: f.write((markdown(rows, args.profile) + "\n").encode()))
-        write_comparison_page(csv.parent)
+        save_text(csv.with_suffix(".md"), markdown(rows, args.profile))
+        if csv.stem.startswith("blind_"):  # the page's name for this table (TASK_TABLES)
+            write_comparison_page(csv.parent)
     print(table(rows))
     return code
 

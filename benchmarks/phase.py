@@ -39,11 +39,11 @@ from engine import run
 from engine.config import RunConfig
 from engine.data import observe
 from experiments.phase import Fienup
-from experiments.plots import write_comparison_page
+from experiments.plots import runs_summary, write_comparison_page
 from tasks.operators import FarField
 from utils import ArgumentParser, InputError, guarded
 from utils.images import DEFAULT_DATA_DIR
-from utils.io import atomic_write, save_csv
+from utils.io import save_csv, save_text
 from utils.metrics import METRICS
 from utils.rundir import RunDir
 
@@ -129,7 +129,7 @@ def baseline_rows(cfg: RunConfig, where: dict) -> list[dict]:
                       + (f"{method.hio} + {method.er}" if method.hio else f"{method.er}") + " it.)",
             "data_fit": found.fit, "wall_time_s": round(seconds, 1),
             "device": f"cpu, {torch.get_num_threads()} threads",
-            "date": time.strftime("%Y-%m-%d"),
+            "date": time.strftime("%Y-%m-%d", time.gmtime()),
         })  # fmt: skip
     return rows
 
@@ -168,7 +168,7 @@ def write(rows: list[dict], profile: str, args: argparse.Namespace) -> None:
     number = lambda v, d=2: "—" if v is None else f"{float(v):.{d}f}"  # noqa: E731
     sizes = PROFILES[profile] | ({} if args.iters is None else {"num_iter": args.iters})
     rules = [rule for rule in RULES if any(r.get(f"{rule}_psnr") is not None for r in rows)]
-    where = ", ".join(sorted({f"{r['device']} ({r['date']})" for r in rows}))
+    where = runs_summary(rows)
     lines = [
         f"# Phase retrieval, profile `{profile}`", "",
         f"`python -m benchmarks.phase{' --full' if args.full else ''} --images {args.images}"
@@ -198,7 +198,7 @@ def write(rows: list[dict], profile: str, args: argparse.Namespace) -> None:
             f"| {number(r['psnr'])} / {number(r['ssim'], 3)} | {found} | {peak} "
             f"| {number(r.get('data_fit'), 3)} | {number(r['wall_time_s'], 1)} |"
         )
-    atomic_write(md_path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    save_text(md_path, "\n".join(lines))
     write_comparison_page(table_dir)
     print("\n".join(lines[4:]))
     print(f"wrote {csv_path} and {md_path}")

@@ -47,7 +47,7 @@ from experiments.sets import (  # noqa: E402
     sv_runs,
 )
 from utils import InputError  # noqa: E402
-from utils.io import atomic_write, save_csv  # noqa: E402
+from utils.io import atomic_write, save_csv, save_text  # noqa: E402
 from utils.rundir import RunDir  # noqa: E402
 
 TABLES = {"results": PAPER_FIGURES, "lrc": ("lrc",)}  # a table per group of figures
@@ -134,7 +134,7 @@ def write_table(rows: list[dict], profile: Profile, csv_path: Path, md_path: Pat
             f"| {r['drop_peak_to_last']:.2f} | {r['noisy_psnr']:.2f} | {r['wall_time_s']:.0f} "
             f"| {r['device']} |"
         )
-    atomic_write(md_path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    save_text(md_path, "\n".join(lines))
 
 
 def comparison_rows(cases: tuple[Case, ...], profile: Profile, out_dir: Path,
@@ -221,11 +221,16 @@ def write_comparison_page(table_dir: Path, profile: Profile | None = None) -> Pa
                 with path.open() as f:
                     lines += comparison_section(each, list(csv.DictReader(f)), title)
     for path in (p for stem in TASK_TABLES for p in sorted(table_dir.glob(f"{stem}_*.md"))):
-        lines += ["", *("#" + line if line.startswith("#") else line
-                        for line in path.read_text().splitlines())]  # fmt: skip
+        title, *rest = path.read_text().splitlines()
+        lines += ["", "#" + title, *rest]  # its title one level down
     md_path = table_dir / "COMPARISON.md"
-    atomic_write(md_path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
+    save_text(md_path, "\n".join(lines))
     return md_path
+
+
+def runs_summary(rows: list[dict]) -> str:
+    """'device (date); ...' of the rows' runs, each pair once."""
+    return "; ".join(sorted({f"{r['device']} ({r['date']})" for r in rows if r.get("device")}))
 
 
 def comparison_section(profile: Profile, rows: list[dict], title: str = "") -> list[str]:
@@ -235,8 +240,8 @@ def comparison_section(profile: Profile, rows: list[dict], title: str = "") -> l
     rules = [rule for rule in RULE_LABELS if any(r.get(f"{rule}_psnr") for r in rows)]
     rules = rules or ["wmv", "emv"]
     images = list(dict.fromkeys(r["image"] for r in rows))
-    devices = sorted({r["device"] for r in rows if r["device"]})
-    dates = sorted({r["date"] for r in rows if r["date"]})
+    devices = sorted({r["device"] for r in rows if r.get("device")})
+    dates = sorted({r["date"] for r in rows if r.get("date")})
     flag = "" if profile.name == "full" else f" --{profile.name}"
     figure = "compare-sv" if "sv" in rules else "compare"
     if set(images) != set(PAPER_IMAGES):
@@ -281,7 +286,7 @@ def comparison_section(profile: Profile, rows: list[dict], title: str = "") -> l
         lines.append(
             f"| {r['image']} | {r['noise']} {r['level']} | {r['method']} "
             f"| {number(r['last_psnr'])} / {number(r['last_ssim'], 3)} | {found} "
-            f"| {number(r['oracle_peak_psnr'])} | {r['iterations'] or '—'} "
+            f"| {number(r.get('oracle_peak_psnr'))} | {r.get('iterations') or '—'} "
             f"| {number(r['wall_time_s'], 1)} |"
         )
     return lines
@@ -291,7 +296,7 @@ def detection(row: dict, rule: str, number) -> str:
     """'PSNR (detected iteration / fired at)' of a rule in a comparison row."""
     if not row.get(f"{rule}_psnr"):
         return "—"
-    fired = row[f"{rule}_fired_at"] or "no"
+    fired = row.get(f"{rule}_fired_at") or "no"
     return f"{number(row[f'{rule}_psnr'])} ({row[f'{rule}_iteration']} / {fired})"
 
 

@@ -54,6 +54,11 @@ def save_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
+def save_text(path: Path, text: str) -> None:
+    """``text`` and a final newline, UTF-8, written atomically."""
+    atomic_write(path, lambda f: f.write((text + "\n").encode()))
+
+
 def save_csv(path: Path, header: list[str], rows: Iterable[Iterable[Any]]) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
