@@ -16,6 +16,7 @@ from hypothesis import settings
 from torch import Tensor
 
 from engine.config import RunConfig
+from engine.loop import build_model, fit_batch
 from experiments.sets import Profile
 from utils.images import DEFAULT_DATA_DIR, SHARED_DATA, SHARED_IMAGES, centre_crop, resolve_image
 from utils.rundir import RunDir
@@ -84,6 +85,17 @@ def small_problem(runs: int = 1, shape=SHAPE, seed: int = 0, fractions=0.3, dtyp
 def config(**settings) -> RunConfig:
     """A tiny run's settings, resolved (the loop takes them so)."""
     return RunConfig(**({"width": 4, "show_every": 5, "save_every": 10} | settings)).resolved()
+
+
+def fit_small(cfg: RunConfig, rows, *, shape=SHAPE, scales: int, states=None, saved=None):
+    """``cfg`` on rows of the small random problem (run k: seed 5k), float64, batched; ``saved``
+    collects the checkpoints."""
+    y, clean = (t.double()[list(rows)] for t in small_problem(2, shape=shape))
+    seeds = [5 * k for k in rows]
+    model = build_model(cfg, y.shape[1:], seeds, scales=scales).double()
+    checkpoint = None if saved is None else saved.append
+    return fit_batch(model, y, cfg, seeds=seeds, clean=clean, states=states,
+                     checkpoint=checkpoint, progress=False)  # fmt: skip
 
 
 def cli(tmp_path: Path, *extra: str, crop: str | None = "64") -> list[str]:

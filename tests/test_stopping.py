@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine.loop import build_model, fit_batch
-from tests.conftest import config, small_problem
+from tests.conftest import config, fit_small
 from utils.observers import MovingAverage
 from utils.stopping import RULES, ExponentialVariance, WindowedVariance
 
@@ -105,12 +104,7 @@ def fit_rules(rows, num_iter: int, states=None, saved=None, **settings):
         }
         | settings
     )
-    y, clean = (t.double()[list(rows)] for t in small_problem(2))
-    seeds = [5 * k for k in rows]
-    model = build_model(cfg, y.shape[1:], seeds, scales=3).double()
-    checkpoint = None if saved is None else saved.append
-    return fit_batch(model, y, cfg, seeds=seeds, clean=clean, states=states,
-                     checkpoint=checkpoint, progress=False)  # fmt: skip
+    return fit_small(cfg, rows, scales=3, states=states, saved=saved)
 
 
 def test_a_stopped_run_ends_at_its_row_and_resumes_to_the_same_detection() -> None:

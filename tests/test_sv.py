@@ -10,10 +10,9 @@ import pytest
 import torch
 
 import denoising
-from engine.loop import build_model, fit_batch
 from experiments.driver import Setting, reproduce
 from experiments.sets import SV_VARIANTS, Case
-from tests.conftest import DATA_DIR, cli, config, outputs, small_problem, tiny_profile
+from tests.conftest import DATA_DIR, cli, config, fit_small, outputs, tiny_profile
 from utils.seeding import derive_seed
 from utils.stopping import SelfValidation
 from utils.sv import AutoEncoder, side
@@ -138,12 +137,7 @@ def fit_sv(rows, num_iter: int, states=None, saved=None, **settings):
     cfg = config(**{"method": "dip", "num_iter": num_iter, "show_every": 5, "save_every": 10,
                     "stop": "sv", "sv_window": 6, "sv_patience": 12, "stop_window": 5,
                     "alg": "adam", "lr": 0.05, "pad": True} | settings)  # fmt: skip
-    y, clean = (t.double()[list(rows)] for t in small_problem(2, shape=(3, 21, 19)))
-    seeds = [5 * k for k in rows]
-    model = build_model(cfg, y.shape[1:], seeds, scales=2).double()
-    checkpoint = None if saved is None else saved.append
-    return fit_batch(model, y, cfg, seeds=seeds, clean=clean, states=states,
-                     checkpoint=checkpoint, progress=False)  # fmt: skip
+    return fit_small(cfg, rows, shape=(3, 21, 19), scales=2, states=states, saved=saved)
 
 
 def test_batched_runs_score_as_alone_and_a_resumed_run_as_the_whole() -> None:
