@@ -19,5 +19,10 @@ def derive_seed(seed: int, stream: str) -> int:
     """The seed of ``stream`` for a run of ``seed`` (a non-negative integer below 2**63)."""
     if seed < 0:
         raise ValueError(f"seeds are non-negative integers, got {seed}")
-    high, low = np.random.SeedSequence(seed, spawn_key=(STREAMS.index(stream),)).generate_state(2)
+    return seed_of(np.random.SeedSequence(seed, spawn_key=(STREAMS.index(stream),)))
+
+
+def seed_of(sequence: np.random.SeedSequence) -> int:
+    """A torch seed (below 2**63) from the first two 32-bit words of ``sequence``."""
+    high, low = sequence.generate_state(2)
     return (int(high) << 31) | (int(low) >> 1)

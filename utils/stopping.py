@@ -50,7 +50,7 @@ from torch.func import functional_call
 
 from utils import sv
 from utils.observers import Observer
-from utils.seeding import derive_seed
+from utils.seeding import derive_seed, seed_of
 from utils.state import per_run_module
 
 
@@ -306,10 +306,9 @@ class SelfValidation(StoppingRule):
     def shuffles(self, iteration: int, device: torch.device) -> list[torch.Generator]:
         """Each run's generator of the check at ``iteration``: from its "sv" stream and the
         iteration (no state to save)."""
-        seeds = [np.random.SeedSequence((stream, iteration)).generate_state(2, np.uint32)
-                 for stream in self.streams]  # fmt: skip
-        return [torch.Generator(device).manual_seed((int(a) << 31) | (int(b) >> 1))
-                for a, b in seeds]  # fmt: skip
+        return [torch.Generator(device).manual_seed(
+                    seed_of(np.random.SeedSequence((stream, iteration))))
+                for stream in self.streams]  # fmt: skip
 
 
 FIND_BEST_FACTOR = 1.005  # the deep decoder's: a new best net when loss < best / 1.005
